@@ -1,0 +1,1 @@
+"""Inbound surfaces: each translates its protocol to the internal format and back."""

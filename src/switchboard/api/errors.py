@@ -1,0 +1,65 @@
+"""The one place errors become responses, in the shape of the protocol the caller speaks.
+
+``/api/...`` (Ollama's API) gets ``{"error": "..."}``; everything else gets OpenAI's error
+object ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from switchboard.api.http import JSONResponse
+from switchboard.errors import RateLimited, SwitchboardError
+
+log = logging.getLogger("switchboard.api")
+
+
+def error_body(path: str, exc: SwitchboardError) -> dict[str, object]:
+    if path.startswith("/api/"):
+        return {"error": exc.message}
+    return {
+        "error": {
+            "message": exc.message,
+            "type": exc.error_type,
+            "param": exc.param,
+            "code": exc.code,
+        }
+    }
+
+
+def error_response(path: str, exc: SwitchboardError) -> Response:
+    headers = {}
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return JSONResponse(error_body(path, exc), status_code=exc.status_code, headers=headers)
+
+
+async def on_switchboard_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SwitchboardError)
+    return error_response(request.url.path, exc)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = SwitchboardError(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    error.status_code = exc.status_code
+    error.error_type = "invalid_request_error"
+    return error_response(request.url.path, error)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(
+        request.url.path, SwitchboardError("internal error", code="internal_error")
+    )
+
+
+EXCEPTION_HANDLERS = {
+    SwitchboardError: on_switchboard_error,
+    HTTPException: on_http_exception,
+    Exception: on_unexpected,
+}

@@ -1,0 +1,269 @@
+"""The `switchboard` command: a thin layer over the same services the admin API uses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+
+from switchboard.config import GatewayConfig, load_config
+from switchboard.errors import ConfigError, SwitchboardError
+from switchboard.metering import report
+from switchboard.platform import Platform, open_platform
+from switchboard.settings import Settings
+from switchboard.views import plain
+
+app = typer.Typer(help="Switchboard: a multi-tenant AI gateway.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
+key_app = typer.Typer(help="Create, list and revoke tenant API keys.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(key_app, name="key")
+
+T = TypeVar("T")
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML gateway config (providers, models).")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(config: Path | None = None) -> Settings:
+    if config is not None:
+        os.environ["SWITCHBOARD_CONFIG"] = str(config.resolve())
+    return Settings()
+
+
+def _with_platform(fn: Callable[[Platform], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with open_platform(_settings()) as platform:
+            return await fn(platform)
+
+    try:
+        return asyncio.run(run())
+    except SwitchboardError as exc:
+        _fail(exc.message)
+        raise  # unreachable: _fail exits
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+def _load(settings: Settings) -> GatewayConfig:
+    try:
+        return load_config(settings.resolved_config_path())
+    except ConfigError as exc:
+        _fail(exc.message, code=2)
+        raise
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default 1).")] = None,
+) -> None:
+    """Run the gateway (SQLite and in-process defaults unless configured otherwise)."""
+    import uvicorn
+
+    from switchboard.auth.admin import ensure_admin_key
+    from switchboard.runtime import print_admin_key
+    from switchboard.store import Database
+
+    settings = _settings(config)
+    gateway_config = _load(settings)  # a broken file stops here, before anything listens
+
+    async def prepare() -> str | None:
+        db = Database(settings.resolved_database_url())
+        try:
+            await db.migrate()
+            return None if settings.admin_key else await ensure_admin_key(db)
+        finally:
+            await db.dispose()
+
+    created = asyncio.run(prepare())
+    if created:
+        print_admin_key(created)
+    typer.echo(
+        f"switchboard: {len(gateway_config.providers)} providers from {gateway_config.source}; "
+        f"listening on http://{host or settings.host}:{port or settings.port}",
+        err=True,
+    )
+    uvicorn.run(
+        "switchboard.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (serve does this on start too)."""
+    _with_platform(lambda p: asyncio.sleep(0))
+    typer.echo("database schema is current", err=True)
+
+
+@app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check the config, the database and every provider; say what to fix."""
+    from switchboard.doctor import diagnose
+    from switchboard.store import Database
+
+    settings = _settings(config)
+    try:
+        gateway_config: GatewayConfig | None = load_config(settings.resolved_config_path())
+        error = None
+    except ConfigError as exc:
+        gateway_config, error = None, exc.message
+
+    async def run() -> bool:
+        db = Database(settings.resolved_database_url())
+        try:
+            findings = await diagnose(gateway_config, error, db)
+        finally:
+            await db.dispose()
+        for f in findings:
+            mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}[f.level]
+            typer.echo(f"[{mark}] {f.check}: {f.detail}")
+            if f.fix and f.level != "ok":
+                typer.echo(f"       fix: {f.fix}")
+        return all(f.level != "fail" for f in findings)
+
+    if not asyncio.run(run()):
+        raise typer.Exit(1)
+
+
+@tenant_app.command("create")
+def tenant_create(
+    slug: str,
+    name: Annotated[str | None, typer.Option(help="Display name (default: the slug).")] = None,
+    usage_mode: Annotated[
+        str, typer.Option(help="local | external | hybrid: which providers it may reach.")
+    ] = "hybrid",
+) -> None:
+    """Create a tenant."""
+    tenant = _with_platform(lambda p: p.tenants.create(slug, name=name, usage_mode=usage_mode))
+    typer.echo(
+        f"created tenant {tenant.slug} ({tenant.id}), usage mode {tenant.usage_mode}", err=True
+    )
+
+
+@tenant_app.command("update")
+def tenant_update(
+    slug: str,
+    name: Annotated[str | None, typer.Option(help="New display name.")] = None,
+    usage_mode: Annotated[str | None, typer.Option(help="local | external | hybrid.")] = None,
+) -> None:
+    """Change a tenant's name or usage mode (running gateways see it within the key cache TTL)."""
+    tenant = _with_platform(lambda p: p.tenants.update(slug, name=name, usage_mode=usage_mode))
+    typer.echo(f"updated tenant {tenant.slug}: usage mode {tenant.usage_mode}", err=True)
+
+
+@tenant_app.command("list")
+def tenant_list(as_json: JsonFlag = False) -> None:
+    """List tenants."""
+    tenants = _with_platform(lambda p: p.tenants.list())
+    if as_json:
+        _print_json([plain(t) for t in tenants])
+        return
+    for t in tenants:
+        typer.echo(f"{t.slug:<24} {t.id:<22} {t.usage_mode:<9} {t.name}")
+
+
+@key_app.command("create")
+def key_create(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant slug.")],
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    expires_in: Annotated[
+        float | None, typer.Option("--expires-in", help="Days until the key expires.")
+    ] = None,
+) -> None:
+    """Create an API key; the key alone goes to stdout, shown this once."""
+    if expires_in is not None and expires_in <= 0:
+        _fail("--expires-in must be a positive number of days")
+
+    async def create(p: Platform) -> tuple[str, str]:
+        owner = await p.tenants.get(tenant)
+        key, secret = await p.keys.create(owner, name=name, expires_in_days=expires_in)
+        return key.id, secret
+
+    key_id, secret = _with_platform(create)
+    typer.echo(f"created key {key_id} for tenant {tenant} (the key is shown once)", err=True)
+    sys.stdout.write(secret + "\n")
+
+
+@key_app.command("list")
+def key_list(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant slug.")], as_json: JsonFlag = False
+) -> None:
+    """List a tenant's keys (never their secrets)."""
+
+    async def listing(p: Platform) -> list[Any]:
+        return await p.keys.list((await p.tenants.get(tenant)).id)
+
+    keys = _with_platform(listing)
+    if as_json:
+        _print_json([plain(k) for k in keys])
+        return
+    for k in keys:
+        state = "revoked" if k.revoked_at else "active"
+        expires = k.expires_at.isoformat() if k.expires_at else "never"
+        typer.echo(f"{k.id:<22} {k.prefix}…  {state:<8} expires {expires:<32} {k.name}")
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str) -> None:
+    """Revoke a key (running gateways refuse it within the key cache TTL)."""
+    key = _with_platform(lambda p: p.keys.revoke(key_id))
+    typer.echo(f"revoked {key.id}", err=True)
+
+
+@app.command()
+def usage(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant slug.")],
+    since: Annotated[str | None, typer.Option(help="Only requests from this date/time on.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    limit: Annotated[int, typer.Option(help="Most rows, newest first.")] = 10_000,
+) -> None:
+    """One row per request: id, time, model, provider, tokens, cost, latency, status."""
+    if fmt not in report.FORMATS:
+        _fail(f"--format must be one of {', '.join(report.FORMATS)}")
+
+    async def rows(p: Platform) -> list[dict[str, Any]]:
+        owner = await p.tenants.get(tenant)
+        return await p.usage.query(owner.id, since=report.parse_since(since), limit=limit)
+
+    data = _with_platform(rows)
+    if fmt == "json":
+        sys.stdout.write(report.as_json(data).decode() + "\n")
+    elif fmt == "csv":
+        sys.stdout.write(report.as_csv(data))
+    else:
+        typer.echo(report.as_table(data))
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("SWITCHBOARD_LOG_LEVEL", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app()

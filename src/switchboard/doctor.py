@@ -1,0 +1,139 @@
+"""`switchboard doctor`: is the config valid, the database reachable and current, every
+provider reachable, every routed model known upstream and priced? Each finding says what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+from switchboard.config import GatewayConfig, ProviderConfig
+from switchboard.errors import SwitchboardError
+from switchboard.metering.prices import PriceTable
+from switchboard.providers import build_provider
+from switchboard.store import Database
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+
+async def diagnose(
+    config: GatewayConfig | None,
+    config_error: str | None,
+    db: Database,
+    *,
+    probe_seconds: float = 5.0,
+) -> list[Finding]:
+    findings: list[Finding] = []
+    if config is None:
+        findings.append(
+            Finding("config", "fail", config_error or "no config", "fix the field on that line")
+        )
+    else:
+        findings.append(
+            Finding(
+                "config",
+                "ok",
+                f"{config.source}: {len(config.providers)} providers, {len(config.models)} models",
+            )
+        )
+    findings.append(await _database(db))
+    if config is not None:
+        results = await asyncio.gather(
+            *(_provider(p, config, probe_seconds) for p in config.providers)
+        )
+        for group in results:
+            findings.extend(group)
+        findings.extend(_prices(config))
+    return findings
+
+
+async def _database(db: Database) -> Finding:
+    try:
+        await db.ping()
+        current = await db.is_current()
+    except Exception as exc:  # any driver error means the same thing to the operator
+        return Finding(
+            "database",
+            "fail",
+            f"{db.redacted_url()}: {type(exc).__name__}: {exc}",
+            "check SWITCHBOARD_DATABASE_URL and that the database server is running",
+        )
+    if not current:
+        return Finding(
+            "database",
+            "warn",
+            f"{db.redacted_url()}: schema is behind",
+            "run `switchboard migrate`",
+        )
+    return Finding("database", "ok", f"{db.redacted_url()}: reachable, schema current")
+
+
+async def _provider(
+    pconf: ProviderConfig, config: GatewayConfig, probe_seconds: float
+) -> list[Finding]:
+    name = f"provider {pconf.name}"
+    provider = build_provider(pconf)
+    try:
+        models = await asyncio.wait_for(provider.list_models(), probe_seconds)
+    except (SwitchboardError, TimeoutError) as exc:
+        detail = exc.message if isinstance(exc, SwitchboardError) else "no answer in time"
+        return [
+            Finding(
+                name,
+                "fail",
+                f"{pconf.base_url}: {detail}",
+                f"start the {pconf.kind} server at {pconf.base_url}, or fix base_url/api_key",
+            )
+        ]
+    finally:
+        await provider.aclose()
+    findings = [Finding(name, "ok", f"{pconf.base_url}: reachable, {len(models)} models listed")]
+    listed = set(models)
+    missing = [
+        (model.name, d.model)
+        for model in config.models
+        for d in model.deployments
+        if d.provider == pconf.name and listed and d.model not in listed
+    ]
+    findings.extend(
+        Finding(
+            f"model {name}",
+            "warn",
+            f"{pconf.name} does not list {upstream!r}",
+            "pull or deploy that model upstream, or fix the deployment's model",
+        )
+        for name, upstream in missing
+    )
+    return findings
+
+
+def _prices(config: GatewayConfig) -> list[Finding]:
+    table = PriceTable(config.prices)
+    localities = {p.name: p.locality for p in config.providers}
+    findings = []
+    for model in config.models:
+        for deployment in model.deployments:
+            price = table.resolve(
+                deployment.model,
+                locality=localities[deployment.provider],
+                configured=deployment.price,
+            )
+            if price is None:
+                findings.append(
+                    Finding(
+                        f"model {model.name}",
+                        "warn",
+                        f"no price known for {deployment.model!r}: its requests cost 0",
+                        "add `price:` to the deployment or an entry under `prices:`",
+                    )
+                )
+    return findings

@@ -1,0 +1,58 @@
+"""The usage event: one per client request, whatever became of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """What one request used and cost. Filled in as the request goes; recorded once at its end.
+
+    ``status`` is the HTTP status the client saw (499 when the client went away first);
+    ``tokens_estimated`` says the counts were made by counting streamed chunks because the
+    upstream reported none.
+    """
+
+    request_id: str
+    tenant_id: str
+    key_id: str | None
+    created_at: datetime
+    endpoint: str
+    model: str = ""
+    user_id: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    tokens_input: int = 0
+    tokens_output: int = 0
+    tokens_estimated: bool = False
+    cost_usd: float = 0.0
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    status: int = 200
+    error: str | None = None
+    started: float = field(default=0.0, repr=False)
+
+    def as_row(self) -> dict[str, object]:
+        return {
+            "request_id": self.request_id,
+            "tenant_id": self.tenant_id,
+            "key_id": self.key_id,
+            "user_id": self.user_id,
+            "created_at": self.created_at,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "provider": self.provider,
+            "upstream_model": self.upstream_model,
+            "stream": self.stream,
+            "tokens_input": self.tokens_input,
+            "tokens_output": self.tokens_output,
+            "tokens_estimated": self.tokens_estimated,
+            "cost_usd": self.cost_usd,
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "status": self.status,
+            "error": self.error,
+        }

@@ -1,0 +1,28 @@
+"""The services the admin API and the CLI share: one database, one repository per concern."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from switchboard.settings import Settings
+from switchboard.store import Database, KeyRepository, TenantRepository, UsageRepository
+
+
+class Platform:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.tenants = TenantRepository(db)
+        self.keys = KeyRepository(db)
+        self.usage = UsageRepository(db)
+
+
+@asynccontextmanager
+async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
+    """A migrated database for one CLI command; closed afterwards."""
+    db = Database(settings.resolved_database_url())
+    try:
+        await db.migrate()
+        yield Platform(db)
+    finally:
+        await db.dispose()

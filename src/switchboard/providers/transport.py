@@ -1,0 +1,187 @@
+"""The HTTP client every adapter shares: pooled keep-alive connections, timeouts from config,
+and the one place where transport failures and upstream statuses become Switchboard errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from switchboard.config import ProviderConfig
+from switchboard.errors import (
+    InvalidRequest,
+    RateLimited,
+    SwitchboardError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from switchboard.providers.base import JSON
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def new_session(config: ProviderConfig) -> aiohttp.ClientSession:
+    headers = {"Content-Type": "application/json", **config.headers}
+    if config.api_key is not None:
+        headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+    return aiohttp.ClientSession(
+        base_url=None,
+        headers=headers,
+        connector=aiohttp.TCPConnector(
+            limit=config.max_connections, ttl_dns_cache=300, keepalive_timeout=30
+        ),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
+        ),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+class Upstream:
+    """One provider's base URL and session; every request goes through `request`."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.name = config.name
+        self.base_url = config.base_url
+        self.session = new_session(config)
+
+    async def request(
+        self, method: str, path: str, body: JSON | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send and return the response once its status is 2xx; raise a mapped error else."""
+        data = orjson.dumps(body) if body is not None else None
+        try:
+            resp = await self.session.request(method, self.base_url + path, data=data)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"provider {self.name!r} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"provider {self.name!r} unreachable: {exc}") from exc
+        if resp.status >= 300:
+            try:
+                raw = await resp.content.read(_MAX_ERROR_BODY)
+            except (TimeoutError, aiohttp.ClientError):
+                raw = b""
+            finally:
+                resp.release()
+            raise status_error(self.name, resp.status, raw, resp.headers.get("Retry-After"))
+        return resp
+
+    async def json(self, method: str, path: str, body: JSON | None = None) -> JSON:
+        resp = await self.request(method, path, body)
+        try:
+            data = orjson.loads(await resp.read())
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"provider {self.name!r} stopped answering") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"provider {self.name!r} broke off: {exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamUnavailable(f"provider {self.name!r} sent invalid JSON") from exc
+        finally:
+            resp.release()
+        if not isinstance(data, dict):
+            raise UpstreamUnavailable(f"provider {self.name!r} sent an unexpected reply")
+        return data
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+def status_error(
+    provider: str, status: int, raw: bytes, retry_after: str | None
+) -> SwitchboardError:
+    message = upstream_message(raw)
+    if status == 429:
+        return RateLimited(
+            f"provider {provider!r} is rate limiting: {message}",
+            retry_after=_seconds(retry_after),
+            code="upstream_rate_limited",
+        )
+    if status in (400, 413, 422):
+        return InvalidRequest(
+            f"provider {provider!r} rejected the request: {message}", code="upstream_bad_request"
+        )
+    if status in (401, 403):
+        # The upstream's words may quote our credentials; say only what the operator must fix.
+        return UpstreamRejected(f"provider {provider!r} refused the gateway's credentials")
+    if status == 404:
+        return UpstreamRejected(f"provider {provider!r} does not know this model: {message}")
+    if status in (408, 504):
+        return UpstreamTimeout(f"provider {provider!r} timed out ({status})")
+    return UpstreamUnavailable(f"provider {provider!r} failed with {status}: {message}")
+
+
+def upstream_message(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:300].decode("utf-8", "replace").strip() or "no details"
+    if isinstance(data, dict):
+        err = data.get("error", data.get("message"))
+        if isinstance(err, dict):
+            err = err.get("message")
+        if isinstance(err, str):
+            return err[:500]
+    return "no details"
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class ResponseStream:
+    """A `ChunkStream` over one upstream response: ``decode`` turns each read into chunks."""
+
+    def __init__(
+        self,
+        provider: str,
+        resp: aiohttp.ClientResponse,
+        decode: Callable[[list[bytes]], list[JSON]],
+    ) -> None:
+        self._provider = provider
+        self._resp = resp
+        self._decode = decode
+
+    def __aiter__(self) -> AsyncIterator[list[JSON]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[list[JSON]]:
+        buffer = b""
+        try:
+            async for data in self._resp.content.iter_any():
+                buffer += data
+                if b"\n" not in data:
+                    continue
+                *lines, buffer = buffer.split(b"\n")
+                chunks = self._decode(lines)
+                if chunks:
+                    yield chunks
+            if buffer.strip():
+                chunks = self._decode([buffer])
+                if chunks:
+                    yield chunks
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"provider {self._provider!r} stalled mid-stream") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"provider {self._provider!r} broke off the stream: {exc}"
+            ) from exc
+        self._resp.release()
+
+    async def aclose(self) -> None:
+        # After a full read the connection went back to the pool; otherwise drop it so the
+        # upstream stops generating for a client that is gone.
+        self._resp.close()
+
+
+def loads_line(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamUnavailable("provider sent a malformed stream line") from exc

@@ -1,0 +1,85 @@
+"""Process settings, read from the environment (``SWITCHBOARD_*``) in this one place.
+
+Everything an operator sets per deployment (where the database is, which port, the admin key)
+lives here; what the gateway routes to (providers, models, prices) lives in the YAML file that
+`switchboard.config` loads. Every field is documented in docs/configuration.md, and a test
+fails when one is not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "switchboard"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Directory for embedded state: the SQLite database when no "
+        "database URL is set.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db. "
+        "Default: a SQLite file in the data directory.",
+    )
+    config: Path | None = Field(
+        default=None,
+        description="Path of the YAML gateway config (providers, models, prices). Default: "
+        "./switchboard.yaml when it exists, else a local Ollama at 127.0.0.1:11434.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `switchboard serve` binds.")
+    port: int = Field(default=8080, description="Port `switchboard serve` listens on.")
+    workers: int = Field(default=1, ge=1, description="Gateway worker processes.")
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Platform admin key for /admin/v1. When unset, one is generated at first "
+        "start, printed once, and stored hashed.",
+    )
+    key_cache_ttl_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a looked-up API key is trusted without asking the database. "
+        "A revoked key stops working on every worker within this time.",
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted; larger ones get 413.",
+    )
+    usage_flush_interval_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often buffered usage events are written to the database.",
+    )
+    usage_batch_size: int = Field(
+        default=500, ge=1, description="Most usage events written in one database batch."
+    )
+    usage_buffer_limit: int = Field(
+        default=200_000,
+        ge=1000,
+        description="Most usage events held in memory while the database is unreachable.",
+    )
+    log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    access_log: bool = Field(
+        default=False, description="Log one line per HTTP request (costs throughput)."
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'switchboard.db'}"
+
+    def resolved_config_path(self) -> Path | None:
+        if self.config is not None:
+            return self.config
+        default = Path("switchboard.yaml")
+        return default if default.exists() else None

@@ -1,0 +1,1 @@
+"""Alembic migrations; `switchboard.store.database.Database.migrate` applies them."""

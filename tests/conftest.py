@@ -1,0 +1,210 @@
+"""Shared fixtures: databases (SQLite and the local PostgreSQL), fake upstreams, the gateway.
+
+PostgreSQL at 127.0.0.1:5432 is required: a run creates a fresh database and drops it at the
+end. When the server is unreachable the tests that need it fail with a clear message; they are
+never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from fakes import ollama_upstream, openai_upstream
+from fakes.server import ServerThread
+from switchboard.app import create_app
+from switchboard.config import GatewayConfig, parse_config
+from switchboard.settings import Settings
+
+PG_ADMIN_DSN = os.environ.get(
+    "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+ADMIN_KEY = "sk-sb-admin-test-" + secrets.token_hex(8)
+
+
+async def _pg_admin(statement: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=10)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped afterwards."""
+    name = f"sb_test_{secrets.token_hex(6)}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"PostgreSQL is required at {PG_ADMIN_DSN} (set SWITCHBOARD_TEST_POSTGRES to "
+            f"point elsewhere): {exc}",
+            pytrace=False,
+        )
+    user_host = PG_ADMIN_DSN.removeprefix("postgresql://").rsplit("/", 1)[0]
+    yield f"postgresql+asyncpg://{user_host}/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture(scope="session")
+def fake_openai() -> Iterator[ServerThread]:
+    with ServerThread(openai_upstream.create_app(api_key="sk-upstream-secret")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_ollama() -> Iterator[ServerThread]:
+    with ServerThread(ollama_upstream.create_app()) as server:
+        yield server
+
+
+def gateway_config(openai_url: str, ollama_url: str) -> GatewayConfig:
+    """Every model the end-to-end tests route to, over both fake upstreams."""
+    text = f"""
+providers:
+  - name: openai-fake
+    kind: openai
+    base_url: {openai_url}/v1
+    api_key: sk-upstream-secret
+    locality: external
+  - name: openai-impatient
+    kind: openai
+    base_url: {openai_url}/v1
+    api_key: sk-upstream-secret
+    locality: external
+    read_timeout: 0.5
+  - name: ollama-fake
+    kind: ollama
+    base_url: {ollama_url}
+    locality: local
+  - name: nowhere
+    kind: openai
+    base_url: http://127.0.0.1:9/v1
+    locality: external
+    connect_timeout: 1
+models:
+  - name: gpt-fake
+    deployments: [{{provider: openai-fake, model: gpt-4o-mini}}]
+  - name: llama-fake
+    deployments: [{{provider: ollama-fake, model: "llama3.1:8b"}}]
+  - name: mixed
+    deployments:
+      - {{provider: openai-fake, model: gpt-4o-mini}}
+      - {{provider: ollama-fake, model: "llama3.1:8b"}}
+  - name: emb-openai
+    deployments: [{{provider: openai-fake, model: text-embedding-3-small}}]
+  - name: emb-ollama
+    deployments: [{{provider: ollama-fake, model: nomic-embed-text}}]
+  - name: broken
+    deployments: [{{provider: openai-fake, model: error-500}}]
+  - name: limited
+    deployments: [{{provider: openai-fake, model: error-429}}]
+  - name: upstream-rejects
+    deployments: [{{provider: openai-fake, model: error-400}}]
+  - name: slow
+    deployments: [{{provider: openai-impatient, model: slow-3000}}]
+  - name: cut
+    deployments: [{{provider: openai-fake, model: cut-3}}]
+  - name: stall
+    deployments: [{{provider: openai-fake, model: stall}}]
+  - name: ollama-cut
+    deployments: [{{provider: ollama-fake, model: cut-3}}]
+  - name: ollama-stall
+    deployments: [{{provider: ollama-fake, model: stall}}]
+  - name: unreachable
+    deployments: [{{provider: nowhere, model: gpt-4o}}]
+"""
+    return parse_config(text, source="<tests>")
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: Starlette
+    settings: Settings
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}", **kwargs.pop("headers", {})}
+        return httpx.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+
+    def new_tenant(self, slug: str, usage_mode: str = "hybrid") -> str:
+        """Create a tenant (unique slug) and a key for it; return the key."""
+        unique = f"{slug}-{secrets.token_hex(3)}"
+        created = self.admin(
+            "POST", "/admin/v1/tenants", json={"slug": unique, "usage_mode": usage_mode}
+        )
+        assert created.status_code == 201, created.text
+        key = self.admin("POST", f"/admin/v1/tenants/{unique}/keys", json={"name": "test"})
+        assert key.status_code == 201, key.text
+        self.keys[slug] = key.json()["key"]
+        self.keys[slug + ":slug"] = unique
+        return str(key.json()["key"])
+
+    def usage(self, slug: str, *, at_least: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The tenant's usage rows, once at least ``at_least`` have been written."""
+        tenant = self.keys[slug + ":slug"]
+        deadline = time.monotonic() + timeout
+        while True:
+            rows: list[dict[str, Any]] = self.admin(
+                "GET", f"/admin/v1/tenants/{tenant}/usage"
+            ).json()
+            if len(rows) >= at_least or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+def start_gateway(
+    data_dir: Path, database_url: str, config: GatewayConfig, **overrides: Any
+) -> tuple[ServerThread, Starlette]:
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        admin_key=ADMIN_KEY,
+        usage_flush_interval_seconds=0.05,
+        key_cache_ttl_seconds=0.5,
+        max_body_bytes=256 * 1024,
+        **overrides,
+    )
+    app = create_app(settings, config)
+    return ServerThread(app), app
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateway(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_openai: ServerThread,
+    fake_ollama: ServerThread,
+) -> Iterator[RunningGateway]:
+    """The gateway as a real server on a loopback port, once per database backend."""
+    data_dir = tmp_path_factory.mktemp("gateway")
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{data_dir / 'gw.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    config = gateway_config(fake_openai.url, fake_ollama.url)
+    server, app = start_gateway(data_dir, url, config)
+    with server:
+        yield RunningGateway(url=server.url, app=app, settings=app.state.runtime.settings)

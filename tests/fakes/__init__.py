@@ -1,0 +1,1 @@
+"""Protocol-faithful fake upstream servers (OpenAI and Ollama) for the gateway tests."""
