@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Insert, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 
 from switchboard.metering.usage import UsageEvent
 from switchboard.store.database import Database, as_utc
@@ -20,18 +19,17 @@ class UsageRepository:
         self._db = db
 
     async def write(self, events: Sequence[UsageEvent]) -> None:
-        """Append events; a request id already in the ledger is skipped, so replays are safe."""
+        """Append events; a request id already in the ledger is skipped, so replays are safe.
+
+        This is the busiest write in the system, so it goes to the driver as one executemany
+        with plain tuples rather than through SQLAlchemy's per-row parameter processing.
+        """
         if not events:
             return
-        stmt: Insert
-        if self._db.dialect == "postgresql":
-            stmt = pg_insert(usage_events).on_conflict_do_nothing(index_elements=["request_id"])
-        elif self._db.dialect == "sqlite":
-            stmt = sqlite_insert(usage_events).on_conflict_do_nothing(index_elements=["request_id"])
-        else:
-            stmt = insert(usage_events)
+        sqlite = self._db.dialect == "sqlite"
+        rows = [_row(event, sqlite=sqlite) for event in events]
         async with self._db.engine.begin() as conn:
-            await conn.execute(stmt, [e.as_row() for e in events])
+            await conn.exec_driver_sql(_insert_sql(self._db.dialect), rows)
 
     async def query(
         self, tenant_id: str, *, since: datetime | None = None, limit: int = 10_000
@@ -49,3 +47,30 @@ class UsageRepository:
             item["created_at"] = as_utc(item["created_at"])
             out.append(item)
         return out
+
+
+_COLUMNS = tuple(c.name for c in usage_events.columns)
+_values = attrgetter(*_COLUMNS)  # UsageEvent attributes are named after the columns
+_CREATED = _COLUMNS.index("created_at")
+
+
+def _insert_sql(dialect: str) -> str:
+    names = ", ".join(_COLUMNS)
+    if dialect == "postgresql":
+        marks = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+    else:
+        marks = ", ".join("?" for _ in _COLUMNS)
+    # Only our own column names and placeholders go into the text; values are parameters.
+    return (
+        f"INSERT INTO usage_events ({names}) VALUES ({marks}) "  # noqa: S608
+        "ON CONFLICT (request_id) DO NOTHING"
+    )
+
+
+def _row(event: UsageEvent, *, sqlite: bool) -> tuple[Any, ...]:
+    row: tuple[Any, ...] = _values(event)
+    if sqlite:  # stored the way SQLAlchemy's SQLite DateTime stores it: naive UTC text
+        created = event.created_at.astimezone(UTC).replace(tzinfo=None)
+        text = created.isoformat(sep=" ", timespec="microseconds")
+        row = (*row[:_CREATED], text, *row[_CREATED + 1 :])
+    return row
