@@ -17,7 +17,11 @@ pytestmark = pytest.mark.slow
 
 def test_admin_api_needs_the_admin_key(gateway: RunningGateway) -> None:
     tenant_key = gateway.new_tenant("not-admin")
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {tenant_key}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {tenant_key}"},
+    ):
         response = httpx.get(gateway.url + "/admin/v1/tenants", headers=headers, timeout=10)
         assert response.status_code == 401
         assert response.json()["error"]["type"] == "authentication_error"
@@ -67,7 +71,9 @@ def test_usage_mode_change_takes_effect(gateway: RunningGateway) -> None:
     try:
         assert "gpt-fake" not in {m.id for m in sdk.models.list()}
         slug = gateway.keys["switcher:slug"]
-        changed = gateway.admin("PATCH", f"/admin/v1/tenants/{slug}", json={"usage_mode": "external"})
+        changed = gateway.admin(
+            "PATCH", f"/admin/v1/tenants/{slug}", json={"usage_mode": "external"}
+        )
         assert changed.json()["usage_mode"] == "external"
         ids = {m.id for m in sdk.models.list()}
         assert "gpt-fake" in ids

@@ -40,7 +40,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 def _settings(config: Path | None = None) -> Settings:
     if config is not None:
-        os.environ["SWITCHBOARD_CONFIG"] = str(config.resolve())
+        return Settings(config=config.resolve())
     return Settings()
 
 
@@ -84,6 +84,8 @@ def serve(
 
     settings = _settings(config)
     gateway_config = _load(settings)  # a broken file stops here, before anything listens
+    if config is not None:  # worker processes build their settings from the environment
+        os.environ["SWITCHBOARD_CONFIG"] = str(config.resolve())
 
     async def prepare() -> str | None:
         db = Database(settings.resolved_database_url())

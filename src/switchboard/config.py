@@ -181,8 +181,8 @@ def _env_value(match: re.Match[str], node: yaml.Node, source: str) -> str:
 
 def _located(source: str, root: yaml.Node, loc: Sequence[Any], message: str) -> ConfigError:
     node = root
-    for part in loc:
-        child = _child(node, part)
+    for i, part in enumerate(loc):
+        child = _child(node, part, key=i == len(loc) - 1)
         if child is None:
             break
         node = child
@@ -190,11 +190,12 @@ def _located(source: str, root: yaml.Node, loc: Sequence[Any], message: str) -> 
     return ConfigError(f"{source}: line {node.start_mark.line + 1}: {field}: {message}")
 
 
-def _child(node: yaml.Node, part: Any) -> yaml.Node | None:
+def _child(node: yaml.Node, part: Any, *, key: bool = False) -> yaml.Node | None:
+    """The node at ``part``; for the last step into a mapping, its key (where the field is)."""
     if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if key.value == part:
-                return value  # type: ignore[no-any-return]
+        for key_node, value in node.value:
+            if key_node.value == part:
+                return key_node if key else value  # type: ignore[no-any-return]
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
         return node.value[part]  # type: ignore[no-any-return]
     return None

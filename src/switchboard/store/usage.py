@@ -37,7 +37,8 @@ class UsageRepository:
         """Newest first, for one tenant only."""
         q = select(usage_events).where(usage_events.c.tenant_id == tenant_id)
         if since is not None:
-            q = q.where(usage_events.c.created_at >= since)
+            # SQLite stores naive UTC text, so compare in UTC whatever offset was given.
+            q = q.where(usage_events.c.created_at >= since.astimezone(UTC))
         q = q.order_by(usage_events.c.created_at.desc()).limit(limit)
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(q)).mappings().all()
