@@ -19,11 +19,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 from fakes import ollama_upstream, openai_upstream
 from fakes.server import ServerThread
-from switchboard.app import create_app
+from switchboard.app import SwitchboardApp, create_app
 from switchboard.config import GatewayConfig, parse_config
 from switchboard.settings import Settings
 
@@ -141,7 +140,7 @@ models:
 @dataclass
 class RunningGateway:
     url: str
-    app: Starlette
+    app: SwitchboardApp
     settings: Settings
     keys: dict[str, str] = field(default_factory=dict)
 
@@ -177,16 +176,16 @@ class RunningGateway:
 
 def start_gateway(
     data_dir: Path, database_url: str, config: GatewayConfig, **overrides: Any
-) -> tuple[ServerThread, Starlette]:
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        admin_key=ADMIN_KEY,
-        usage_flush_interval_seconds=0.05,
-        key_cache_ttl_seconds=0.5,
-        max_body_bytes=256 * 1024,
-        **overrides,
-    )
+) -> tuple[ServerThread, SwitchboardApp]:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "admin_key": ADMIN_KEY,
+        "usage_flush_interval_seconds": 0.05,
+        "key_cache_ttl_seconds": 0.5,
+        "max_body_bytes": 256 * 1024,
+    }
+    settings = Settings(**{**values, **overrides})
     app = create_app(settings, config)
     return ServerThread(app), app
 

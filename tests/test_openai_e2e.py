@@ -439,13 +439,15 @@ def test_every_request_is_metered_once(gateway: RunningGateway) -> None:
     assert all(r["latency_ms"] >= 0 for r in rows)
 
 
+@pytest.mark.parametrize("model", ["stall", "ollama-stall"])
 def test_client_disconnect_cancels_the_upstream_and_is_metered(
-    gateway: RunningGateway, fake_openai: ServerThread
+    gateway: RunningGateway, fake_openai: ServerThread, fake_ollama: ServerThread, model: str
 ) -> None:
-    key = gateway.new_tenant("impatient")
-    state = fake_openai.app.state
+    tenant = f"impatient-{model}"
+    key = gateway.new_tenant(tenant)
+    state = (fake_ollama if model.startswith("ollama") else fake_openai).app.state
     disconnects = state.disconnects
-    body = {"model": "stall", "stream": True, "messages": [{"role": "user", "content": "go on"}]}
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "go on"}]}
     with httpx.stream(
         "POST",
         gateway.url + "/v1/chat/completions",
@@ -462,7 +464,7 @@ def test_client_disconnect_cancels_the_upstream_and_is_metered(
     while state.disconnects == disconnects and time.monotonic() < deadline:
         time.sleep(0.05)
     assert state.disconnects == disconnects + 1
-    rows = gateway.usage("impatient", at_least=1)
+    rows = gateway.usage(tenant, at_least=1)
     assert len(rows) == 1
     assert rows[0]["status"] == 499
     assert rows[0]["tokens_output"] >= 1

@@ -1,5 +1,5 @@
-"""Wiring only: routes from each surface, error handlers, and the lifespan that builds and
-tears down the `Runtime`. Decisions live in the modules this file connects."""
+"""Wiring only: which surface serves which path, the error handlers, and the lifespan that
+builds and tears down the `Runtime`. Decisions live in the modules this file connects."""
 
 from __future__ import annotations
 
@@ -7,15 +7,39 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.datastructures import State
+from starlette.types import Receive, Scope, Send
 
-from switchboard.api import admin, health, openai
+from switchboard.api import admin, health
 from switchboard.api.errors import EXCEPTION_HANDLERS
+from switchboard.api.openai import OpenAISurface
 from switchboard.config import GatewayConfig, load_config
 from switchboard.runtime import Runtime
 from switchboard.settings import Settings
 
 
-def create_app(settings: Settings | None = None, config: GatewayConfig | None = None) -> Starlette:
+class SwitchboardApp:
+    """The ASGI app: ``/v1/...`` goes straight to the OpenAI surface (the hot path, plain
+    ASGI); the lifespan and everything else go to the Starlette app (admin, probes)."""
+
+    def __init__(self, framework: Starlette, openai_surface: OpenAISurface) -> None:
+        self.framework = framework
+        self._openai = openai_surface
+
+    @property
+    def state(self) -> State:
+        return self.framework.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self._openai(scope, receive, send)
+        else:
+            await self.framework(scope, receive, send)
+
+
+def create_app(
+    settings: Settings | None = None, config: GatewayConfig | None = None
+) -> SwitchboardApp:
     settings = settings or Settings()
     if config is None:
         config = load_config(settings.resolved_config_path())
@@ -29,8 +53,9 @@ def create_app(settings: Settings | None = None, config: GatewayConfig | None = 
         finally:
             await app.state.runtime.stop()
 
-    return Starlette(
-        routes=[*health.routes, *openai.routes, *admin.routes],
+    framework = Starlette(
+        routes=[*health.routes, *admin.routes],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    return SwitchboardApp(framework, OpenAISurface(lambda: framework.state.runtime))

@@ -114,6 +114,8 @@ def serve(
         access_log=settings.access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        proxy_headers=False,  # X-Forwarded-* headers are not trusted by default
+        server_header=False,
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 _POLL_INTERVAL = 0.01
 
@@ -22,7 +22,7 @@ class ServerThread:
 
     def __init__(
         self,
-        app: Starlette,
+        app: ASGIApp,
         *,
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 10.0,
@@ -41,7 +41,7 @@ class ServerThread:
             # Backstop so stop() stays bounded even if a handler is stalled.
             timeout_graceful_shutdown=2,
         )
-        self.app = app
+        self.app: Any = app  # a Starlette app or the gateway; tests read its .state
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
         self._startup_timeout = startup_timeout

@@ -31,10 +31,14 @@ def error_body(path: str, exc: SwitchboardError) -> dict[str, object]:
     }
 
 
-def error_response(path: str, exc: SwitchboardError) -> Response:
-    headers = {}
+def error_headers(exc: SwitchboardError) -> list[tuple[bytes, bytes]]:
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return [(b"retry-after", str(max(1, round(exc.retry_after))).encode())]
+    return []
+
+
+def error_response(path: str, exc: SwitchboardError) -> Response:
+    headers = {k.decode(): v.decode() for k, v in error_headers(exc)}
     return JSONResponse(error_body(path, exc), status_code=exc.status_code, headers=headers)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -24,14 +24,14 @@ class StreamResponse(Response):
         encode: Callable[[list[JSON]], bytes],
         encode_error: Callable[[SwitchboardError], bytes],
         trailer: bytes = b"",
-        headers: Mapping[str, str] | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         self._stream = stream
         self._encode = encode
         self._encode_error = encode_error
         self._trailer = trailer
         raw = [(b"content-type", media_type.encode()), (b"cache-control", b"no-cache")]
-        raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        raw += headers
         self._raw_headers = raw
         self.status_code = 200
 

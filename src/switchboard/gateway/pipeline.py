@@ -9,6 +9,7 @@ records it when the stream closes (finished, failed, or cut by the client).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,13 @@ from switchboard.providers.base import JSON, ChunkStream
 from switchboard.store.database import utcnow
 
 CLIENT_CLOSED = 499
+# Request ids: a random prefix per process and a counter, unique without a syscall per request.
+_ID_PREFIX = secrets.token_hex(6)
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"req_{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 class Gateway:
@@ -36,7 +44,7 @@ class Gateway:
     @contextmanager
     def metered(self, caller: Caller, endpoint: str) -> Iterator[UsageEvent]:
         event = UsageEvent(
-            request_id=f"req_{secrets.token_hex(12)}",
+            request_id=new_request_id(),
             tenant_id=caller.tenant.id,
             key_id=caller.key.id,
             created_at=utcnow(),
