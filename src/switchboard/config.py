@@ -23,12 +23,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from switchboard.errors import ConfigError
 
 Locality = Literal["local", "external"]
-ProviderKind = Literal["openai", "ollama"]
+ProviderKind = Literal["openai", "ollama", "anthropic", "bedrock"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -48,9 +56,15 @@ class Price(_Strict):
 class ProviderConfig(_Strict):
     name: str = Field(pattern=_NAME)
     kind: ProviderKind
-    base_url: str
+    base_url: str = Field(
+        default="", description="Root URL of the upstream API; Bedrock derives it from region."
+    )
     locality: Locality
     api_key: SecretStr | None = None
+    region: str | None = Field(default=None, description="AWS region (kind: bedrock).")
+    anthropic_version: str = Field(
+        default="2023-06-01", description="anthropic-version header (kind: anthropic)."
+    )
     headers: dict[str, str] = Field(default_factory=dict)
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(
@@ -65,9 +79,21 @@ class ProviderConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+        if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> ProviderConfig:
+        if self.kind == "bedrock":
+            if not self.region:
+                raise ValueError("a bedrock provider needs region")
+            if not self.base_url:
+                url = f"https://bedrock-runtime.{self.region}.amazonaws.com"
+                object.__setattr__(self, "base_url", url)
+        elif not self.base_url:
+            raise ValueError(f"a {self.kind} provider needs base_url")
+        return self
 
 
 class DeploymentConfig(_Strict):
