@@ -10,7 +10,7 @@ from fakes.ollama_upstream import MODELS as FAKE_OLLAMA_MODELS
 from fakes.server import ServerThread
 from switchboard.config import Locality, Price, parse_config
 from switchboard.errors import NotFound, PermissionDenied
-from switchboard.gateway.routing import Deployment, ModelCatalog, build_catalog
+from switchboard.gateway.routing import Deployment, ModelCatalog, ModelRoute, build_catalog
 from switchboard.metering.prices import FREE, PriceTable
 from switchboard.providers import Provider, build_provider
 from switchboard.providers.base import JSON, ChunkStream
@@ -48,9 +48,13 @@ def dep(model: str, provider: Provider, upstream: str) -> Deployment:
     return Deployment(model, provider, upstream, None)
 
 
+def catalog_of(models: dict[str, list[Deployment]]) -> ModelCatalog:
+    return ModelCatalog({name: ModelRoute(name, tuple(ds)) for name, ds in models.items()})
+
+
 @pytest.fixture
 def catalog() -> ModelCatalog:
-    return ModelCatalog(
+    return catalog_of(
         {
             "llama": [dep("llama", LOCAL, "llama3.1:8b")],
             "gpt": [dep("gpt", CLOUD, "gpt-4o")],
@@ -109,7 +113,7 @@ def test_unknown_model(catalog: ModelCatalog, mode: UsageMode) -> None:
 
 
 def test_empty_catalog() -> None:
-    empty = ModelCatalog({"ghost": []})
+    empty = catalog_of({})
     assert empty.visible("hybrid") == []
     with pytest.raises(NotFound):
         empty.resolve("ghost", "hybrid")

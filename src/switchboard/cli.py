@@ -127,9 +127,15 @@ def migrate() -> None:
 
 
 @app.command()
-def doctor(config: ConfigOption = None) -> None:
-    """Check the config, the database and every provider; say what to fix."""
-    from switchboard.doctor import diagnose
+def doctor(
+    config: ConfigOption = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="A running gateway to ask for live breaker state (default: host:port)."),
+    ] = None,
+) -> None:
+    """Check the config, the database, every provider and the running gateway's breakers."""
+    from switchboard.doctor import diagnose, live_findings
     from switchboard.store import Database
 
     settings = _settings(config)
@@ -145,6 +151,9 @@ def doctor(config: ConfigOption = None) -> None:
             findings = await diagnose(gateway_config, error, db)
         finally:
             await db.dispose()
+        url = server or f"http://{settings.host}:{settings.port}"
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        findings += await live_findings(url, admin_key)
         for f in findings:
             mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}[f.level]
             typer.echo(f"[{mark}] {f.check}: {f.detail}")

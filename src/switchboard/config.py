@@ -70,6 +70,12 @@ class ProviderConfig(_Strict):
     read_timeout: float = Field(
         default=600.0, gt=0, description="Longest wait for the next byte from the upstream."
     )
+    first_byte_timeout: float | None = Field(
+        default=None, gt=0, description="Longest wait for the first response byte or chunk."
+    )
+    total_timeout: float | None = Field(
+        default=None, gt=0, description="Longest a whole request, stream included, may take."
+    )
     max_connections: int = Field(default=512, ge=1)
     discover_models: bool = Field(
         default=False,
@@ -100,11 +106,45 @@ class DeploymentConfig(_Strict):
     provider: str
     model: str = Field(min_length=1)
     price: Price | None = None
+    weight: float = Field(default=1.0, gt=0, description="Share of traffic (strategy weighted).")
 
 
 class ModelConfig(_Strict):
     name: str = Field(pattern=_NAME)
     deployments: list[DeploymentConfig] = Field(min_length=1)
+    strategy: Literal["weighted", "least_busy"] = Field(
+        default="weighted",
+        description="weighted: random by weight; least_busy: fewest requests in flight.",
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Other model names to try, in order, when every deployment failed.",
+    )
+    fallback_on_context_window: bool = Field(
+        default=False, description="Also fall back when the prompt is too long for this model."
+    )
+
+
+class BreakerConfig(_Strict):
+    failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a deployment's breaker."
+    )
+    failure_rate: float = Field(
+        default=0.5, gt=0, le=1, description="Failure share over the window that opens it."
+    )
+    window: int = Field(default=20, ge=2, description="Outcomes the failure rate looks at.")
+    cooldown_seconds: float = Field(
+        default=30.0, gt=0, description="Open time before one probe request is let through."
+    )
+
+
+class RouterConfig(_Strict):
+    retries: int = Field(
+        default=2, ge=0, le=10, description="Extra attempts after a retryable failure."
+    )
+    backoff_base_seconds: float = Field(default=0.2, ge=0)
+    backoff_max_seconds: float = Field(default=5.0, ge=0)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 
 
 class GatewayConfig(_Strict):
@@ -113,6 +153,7 @@ class GatewayConfig(_Strict):
     prices: dict[str, Price] = Field(
         default_factory=dict, description="Price overrides keyed by upstream model id."
     )
+    router: RouterConfig = Field(default_factory=RouterConfig)
     source: str = Field(default="<built-in defaults>", exclude=True)
 
 
@@ -158,6 +199,7 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
         first = exc.errors()[0]
         raise _located(source, root, first["loc"], first["msg"]) from exc
     _check_references(config, root)
+    _check_fallbacks(config, root)
     return config
 
 
@@ -172,6 +214,14 @@ def _check_references(config: GatewayConfig, root: yaml.Node) -> None:
         if model.name in models:
             raise _located(config.source, root, ("models", i, "name"), "duplicate model name")
         models.add(model.name)
+        for j, fallback in enumerate(model.fallbacks):
+            if fallback == model.name:
+                raise _located(
+                    config.source,
+                    root,
+                    ("models", i, "fallbacks", j),
+                    "a model cannot fall back to itself",
+                )
         for j, deployment in enumerate(model.deployments):
             if deployment.provider not in seen:
                 raise _located(
@@ -180,6 +230,15 @@ def _check_references(config: GatewayConfig, root: yaml.Node) -> None:
                     ("models", i, "deployments", j, "provider"),
                     f"no provider named {deployment.provider!r}",
                 )
+
+
+def _check_fallbacks(config: GatewayConfig, root: yaml.Node) -> None:
+    names = {m.name for m in config.models}
+    for i, model in enumerate(config.models):
+        for j, fallback in enumerate(model.fallbacks):
+            if fallback not in names:
+                loc = ("models", i, "fallbacks", j)
+                raise _located(config.source, root, loc, f"no model named {fallback!r}")
 
 
 def _expand_env(node: yaml.Node, source: str) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import aiohttp
 
 from switchboard.config import GatewayConfig, ProviderConfig
 from switchboard.errors import SwitchboardError
@@ -54,6 +56,53 @@ async def diagnose(
             findings.extend(group)
         findings.extend(_prices(config))
     return findings
+
+
+def breaker_findings(deployments: list[dict[str, Any]]) -> list[Finding]:
+    """Open or probing circuit breakers, from a running gateway's routing state."""
+    findings = []
+    for d in deployments:
+        if d["breaker"] == "closed":
+            continue
+        findings.append(
+            Finding(
+                f"breaker {d['provider']}/{d['deployment']}",
+                "warn",
+                f"{d['breaker']} after {d['consecutive_failures']} consecutive failures "
+                f"(model {d['model']}); next probe in {d['open_for_seconds']} s",
+                f"check provider {d['provider']}; traffic goes to other deployments meanwhile",
+            )
+        )
+    if deployments and not findings:
+        findings.append(Finding("breakers", "ok", f"all {len(deployments)} deployments closed"))
+    return findings
+
+
+async def live_findings(url: str, admin_key: str | None) -> list[Finding]:
+    """Breaker state lives in the running gateway; ask it over the admin API."""
+    if admin_key is None:
+        return [
+            Finding(
+                "breakers",
+                "ok",
+                "not checked",
+                "set SWITCHBOARD_ADMIN_KEY to read them from the server",
+            )
+        ]
+    timeout = aiohttp.ClientTimeout(total=5)
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{url}/admin/v1/routing", headers=headers) as resp,
+        ):
+            if resp.status != 200:
+                detail = f"{url} answered {resp.status}"
+                return [Finding("breakers", "warn", detail, "check SWITCHBOARD_ADMIN_KEY")]
+            data = await resp.json()
+    except (aiohttp.ClientError, TimeoutError):
+        return [Finding("breakers", "ok", f"no gateway running at {url}; nothing to check")]
+    return breaker_findings(data["data"])
 
 
 async def _database(db: Database) -> Finding:

@@ -23,6 +23,8 @@ with ``raise ... from exc``.
 
 from __future__ import annotations
 
+CONTEXT_WINDOW = "context_length_exceeded"  # the code of a 400 for a prompt too long
+
 
 class SwitchboardError(Exception):
     """Root of every error Switchboard raises deliberately."""

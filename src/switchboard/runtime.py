@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from switchboard.auth import AdminAuthenticator, KeyAuthenticator
 from switchboard.auth.admin import ensure_admin_key
 from switchboard.config import GatewayConfig
-from switchboard.gateway import Gateway, build_catalog
+from switchboard.gateway import Gateway, Router, build_catalog
 from switchboard.metering import PriceTable, UsageRecorder
 from switchboard.metering.spool import Spool
 from switchboard.platform import Platform
@@ -73,7 +73,7 @@ class Runtime:
             config=config,
             platform=platform,
             providers=providers,
-            gateway=Gateway(catalog, recorder),
+            gateway=Gateway(Router(catalog, config.router), recorder),
             keys=KeyAuthenticator(platform.keys, ttl=settings.key_cache_ttl_seconds),
             admin=AdminAuthenticator(db, configured_admin),
             recorder=recorder,

@@ -95,6 +95,9 @@ def create_app(api_key: str | None = None) -> Starlette:
         if not isinstance(n, int) or n < 1:
             return openai_error(400, "'n' must be a positive integer.", param="n")
 
+        scripted = request.app.state.failures.get(body["model"])
+        if scripted:  # tests queue statuses per model: "fail twice, then answer"
+            return openai_error(scripted.pop(0))
         trigger = parse_trigger(body["model"])
         if trigger.error_status is not None:
             return openai_error(trigger.error_status)
@@ -103,7 +106,8 @@ def create_app(api_key: str | None = None) -> Starlette:
             model=body["model"],
             n=n,
             reply=build_reply(messages, body.get("tools")),
-            include_usage=_include_usage(body),
+            # "no-usage" plays a server that ignores stream_options.include_usage
+            include_usage=_include_usage(body) and body["model"] != "no-usage",
         )
         if body.get("stream") is True:
             return AbortableStreamingResponse(
@@ -169,6 +173,7 @@ def create_app(api_key: str | None = None) -> Starlette:
     )
     app.state.requests = []
     app.state.disconnects = 0
+    app.state.failures = {}  # model name -> HTTP statuses to answer with, in order
     return app
 
 

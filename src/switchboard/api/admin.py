@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from switchboard.api.context import runtime
 from switchboard.api.http import JSONResponse, read_json
-from switchboard.doctor import diagnose
+from switchboard.doctor import breaker_findings, diagnose
 from switchboard.errors import InvalidRequest
 from switchboard.metering import report
 from switchboard.runtime import Runtime
@@ -145,9 +145,36 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"data": data})
 
 
+def routing_state(rt: Runtime) -> list[dict[str, Any]]:
+    """Every deployment with its breaker and load, as this worker sees them."""
+    out = []
+    for d in rt.gateway.catalog.all_deployments():
+        view = d.health.breaker.view()
+        out.append(
+            {
+                "model": d.model,
+                "provider": d.provider.name,
+                "deployment": d.upstream_model,
+                "weight": d.weight,
+                "in_flight": d.health.in_flight,
+                "breaker": view.state,
+                "consecutive_failures": view.consecutive_failures,
+                "failure_rate": round(view.failure_rate, 3),
+                "open_for_seconds": round(view.open_for_seconds, 1),
+            }
+        )
+    return out
+
+
+async def routing(request: Request) -> Response:
+    rt = await _admin(request)
+    return JSONResponse({"data": routing_state(rt)})
+
+
 async def doctor(request: Request) -> Response:
     rt = await _admin(request)
     findings = await diagnose(rt.config, None, rt.platform.db)
+    findings += breaker_findings(routing_state(rt))
     ok = all(f.level != "fail" for f in findings)
     return JSONResponse({"ok": ok, "findings": [plain(f) for f in findings]})
 
@@ -162,5 +189,6 @@ routes = [
     Route("/admin/v1/tenants/{tenant}/usage", tenant_usage, methods=["GET"]),
     Route("/admin/v1/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
     Route("/admin/v1/models", list_models, methods=["GET"]),
+    Route("/admin/v1/routing", routing, methods=["GET"]),
     Route("/admin/v1/doctor", doctor, methods=["GET"]),
 ]

@@ -20,6 +20,7 @@ from switchboard.api.streaming import StreamResponse
 from switchboard.auth.bearer import bearer_token
 from switchboard.auth.keys import Caller
 from switchboard.errors import InvalidRequest, NotFound, SwitchboardError
+from switchboard.gateway.pipeline import route_headers
 from switchboard.providers.base import JSON
 from switchboard.runtime import Runtime
 
@@ -33,13 +34,6 @@ def _sse(batch: list[JSON]) -> bytes:
 
 def _sse_error(exc: SwitchboardError) -> bytes:
     return b"data: " + orjson.dumps(error_body(_V1, exc)) + b"\n\n"
-
-
-def _ids(request_id: str, provider: str | None) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"x-request-id", request_id.encode()),
-        (b"x-switchboard-provider", (provider or "").encode()),
-    ]
 
 
 async def _caller(rt: Runtime, scope: Scope) -> Caller:
@@ -64,12 +58,12 @@ async def chat_completions(rt: Runtime, scope: Scope, receive: Receive, send: Se
                 encode=_sse,
                 encode_error=_sse_error,
                 trailer=b"data: [DONE]\n\n",
-                headers=_ids(event.request_id, event.provider),
+                headers=route_headers(event),
             )
             await response(scope, receive, send)
             return
         result = await gateway.chat(caller, event, body)
-        await send_json(send, 200, orjson.dumps(result), _ids(event.request_id, event.provider))
+        await send_json(send, 200, orjson.dumps(result), route_headers(event))
 
 
 async def embeddings(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,7 +74,7 @@ async def embeddings(rt: Runtime, scope: Scope, receive: Receive, send: Send) ->
         if isinstance(body.get("user"), str):
             event.user_id = body["user"]
         result = await rt.gateway.embed(caller, event, body)
-        await send_json(send, 200, orjson.dumps(result), _ids(event.request_id, event.provider))
+        await send_json(send, 200, orjson.dumps(result), route_headers(event))
 
 
 def _model_object(name: str) -> JSON:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from switchboard.errors import SwitchboardError
-from switchboard.gateway.pipeline import MeteredStream
+from switchboard.gateway.streams import MeteredStream
 from switchboard.providers.base import JSON
 
 
@@ -55,6 +55,7 @@ class StreamResponse(Response):
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 tail = self._trailer
             except SwitchboardError as exc:
+                stream.fail(exc)
                 tail = self._encode_error(exc) + self._trailer
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except asyncio.CancelledError:

@@ -1,32 +1,37 @@
 """One request's way through the gateway, after its surface has parsed and checked it:
 
-    route (model → deployment, usage mode) → provider adapter → upstream → back → meter
+    route (model → deployments, usage mode, fallbacks) → attempts (router) → provider adapter
+      → upstream → back to the client → meter
 
 Every request that passed authentication produces exactly one `UsageEvent`: `Gateway.metered`
 opens it, and it is recorded when the request ends however it ends; a stream takes it over and
-records it when the stream closes (finished, failed, or cut by the client).
+records it when the stream closes (finished, failed, or cut by the client). Retries and
+fallbacks happen inside that one event: it records how many attempts were made and where.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from switchboard.auth.keys import Caller
-from switchboard.errors import SwitchboardError
+from switchboard.errors import SwitchboardError, UpstreamTimeout
+from switchboard.gateway.router import Attempts, Router
 from switchboard.gateway.routing import Deployment, ModelCatalog
+from switchboard.gateway.streams import MeteredStream, Prefetched, open_stream
 from switchboard.gateway.tokens import estimate_input_tokens, estimate_prompt_tokens
 from switchboard.metering.prices import cost_usd
 from switchboard.metering.recorder import UsageRecorder
 from switchboard.metering.usage import UsageEvent
-from switchboard.providers.base import JSON, ChunkStream
+from switchboard.providers.base import JSON
 from switchboard.store.database import utcnow
 
-CLIENT_CLOSED = 499
+T = TypeVar("T")
 # Request ids: a random prefix per process and a counter, unique without a syscall per request.
 _ID_PREFIX = secrets.token_hex(6)
 _ID_COUNTER = itertools.count(1)
@@ -36,10 +41,24 @@ def new_request_id() -> str:
     return f"req_{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
+def route_headers(event: UsageEvent) -> list[tuple[bytes, bytes]]:
+    """Which request, provider and deployment served, and after how many attempts."""
+    return [
+        (b"x-request-id", event.request_id.encode()),
+        (b"x-switchboard-provider", (event.provider or "").encode()),
+        (b"x-switchboard-deployment", (event.upstream_model or "").encode()),
+        (b"x-switchboard-attempts", str(event.attempts).encode()),
+    ]
+
+
 class Gateway:
-    def __init__(self, catalog: ModelCatalog, recorder: UsageRecorder) -> None:
-        self.catalog = catalog
+    def __init__(self, router: Router, recorder: UsageRecorder) -> None:
+        self.router = router
         self.recorder = recorder
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        return self.router.catalog
 
     @contextmanager
     def metered(self, caller: Caller, endpoint: str) -> Iterator[UsageEvent]:
@@ -68,16 +87,30 @@ class Gateway:
         event.started = 0.0
         self.recorder.record(event)
 
-    def route(self, caller: Caller, event: UsageEvent, model: str) -> Deployment:
+    async def _attempt(
+        self,
+        caller: Caller,
+        event: UsageEvent,
+        model: str,
+        call: Callable[[Deployment], Awaitable[T]],
+    ) -> tuple[Deployment, T]:
         event.model = model
-        deployment = self.catalog.resolve(model, caller.tenant.usage_mode)
-        event.provider = deployment.provider.name
-        event.upstream_model = deployment.upstream_model
-        return deployment
+        attempts = Attempts()
+        try:
+            return await self.router.run(model, caller.tenant.usage_mode, attempts, call)
+        finally:
+            event.attempts = len(attempts)
+            event.route = " ".join(attempts.log) or None
+            if attempts.last is not None:
+                event.provider = attempts.last.provider.name
+                event.upstream_model = attempts.last.upstream_model
 
     async def chat(self, caller: Caller, event: UsageEvent, body: JSON) -> JSON:
-        deployment = self.route(caller, event, body["model"])
-        result = await deployment.provider.chat({**body, "model": deployment.upstream_model})
+        async def once(d: Deployment) -> JSON:
+            call = d.provider.chat({**body, "model": d.upstream_model})
+            return await _within(call, d.timeouts.total or d.timeouts.first_byte, d)
+
+        deployment, result = await self._attempt(caller, event, body["model"], once)
         result["model"] = deployment.model
         usage = result.get("usage") or {}
         tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -91,23 +124,33 @@ class Gateway:
     async def stream_chat(
         self, caller: Caller, event: UsageEvent, body: JSON, *, include_usage: bool
     ) -> MeteredStream:
-        deployment = self.route(caller, event, body["model"])
-        upstream = await deployment.provider.stream_chat(
-            {**body, "model": deployment.upstream_model}
-        )
+        async def once(d: Deployment) -> Prefetched:
+            upstream_body = {**body, "model": d.upstream_model}
+            return await open_stream(d, upstream_body, first_byte=d.timeouts.first_byte)
+
+        deployment, upstream = await self._attempt(caller, event, body["model"], once)
         event.stream = True  # from here on the stream owns the event and records it
         return MeteredStream(
-            gateway=self,
             event=event,
             deployment=deployment,
             upstream=upstream,
             body=body,
             include_usage=include_usage,
+            finish=self._settle_stream,
         )
 
+    def _settle_stream(
+        self, event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_out: int
+    ) -> None:
+        _charge(event, deployment, tokens_in, tokens_out)
+        self.finish(event)
+
     async def embed(self, caller: Caller, event: UsageEvent, body: JSON) -> JSON:
-        deployment = self.route(caller, event, body["model"])
-        result = await deployment.provider.embed({**body, "model": deployment.upstream_model})
+        async def once(d: Deployment) -> JSON:
+            call = d.provider.embed({**body, "model": d.upstream_model})
+            return await _within(call, d.timeouts.total or d.timeouts.first_byte, d)
+
+        deployment, result = await self._attempt(caller, event, body["model"], once)
         result["model"] = deployment.model
         tokens = (result.get("usage") or {}).get("prompt_tokens")
         if tokens is None:
@@ -115,6 +158,16 @@ class Gateway:
             tokens = estimate_input_tokens(body["input"])
         _charge(event, deployment, int(tokens), 0)
         return result
+
+
+async def _within(call: Awaitable[T], seconds: float | None, deployment: Deployment) -> T:
+    if seconds is None:
+        return await call
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        raise UpstreamTimeout(f"{deployment.label} did not answer within {seconds} s") from None
 
 
 def _charge(event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_out: int) -> None:
@@ -126,95 +179,3 @@ def _charge(event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_ou
 def _choice_tokens(choice: dict[str, Any]) -> int:
     content = (choice.get("message") or {}).get("content")
     return (len(content) + 3) // 4 if isinstance(content, str) else 0
-
-
-class MeteredStream:
-    """The upstream's chunks on their way to the client, counted as they pass.
-
-    Chunks are relabelled with the model name the client asked for; the usage chunk the
-    gateway requested for itself is dropped unless the client asked for usage too.
-    """
-
-    def __init__(
-        self,
-        *,
-        gateway: Gateway,
-        event: UsageEvent,
-        deployment: Deployment,
-        upstream: ChunkStream,
-        body: JSON,
-        include_usage: bool,
-    ) -> None:
-        self.event = event
-        self._gateway = gateway
-        self._deployment = deployment
-        self._upstream = upstream
-        self._body = body
-        self._include_usage = include_usage
-        self._deltas = 0
-        self._usage: dict[str, Any] | None = None
-        self._finished = False
-        self._client_gone = False
-
-    def __aiter__(self) -> AsyncIterator[list[JSON]]:
-        return self._relay()
-
-    async def _relay(self) -> AsyncIterator[list[JSON]]:
-        model = self._deployment.model
-        keep_usage = self._include_usage
-        try:
-            async for batch in self._upstream:
-                out: list[JSON] = []
-                for chunk in batch:
-                    usage = chunk.get("usage")
-                    if usage:
-                        self._usage = usage
-                    chunk["model"] = model
-                    choices = chunk.get("choices")
-                    if not choices:
-                        if keep_usage and usage:
-                            out.append(chunk)
-                        continue
-                    if not keep_usage:
-                        chunk.pop("usage", None)
-                    for choice in choices:
-                        delta = choice.get("delta") or {}
-                        if delta.get("content") or delta.get("tool_calls"):
-                            self._deltas += 1
-                    out.append(chunk)
-                if out:
-                    if self.event.ttft_ms is None:
-                        self.event.ttft_ms = round(
-                            (time.perf_counter() - self.event.started) * 1000
-                        )
-                    yield out
-        except SwitchboardError as exc:
-            self.event.status, self.event.error = exc.status_code, exc.message
-            raise
-
-    def client_gone(self) -> None:
-        self._client_gone = True
-
-    async def aclose(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        try:
-            await self._upstream.aclose()
-        finally:
-            self._settle()
-
-    def _settle(self) -> None:
-        event = self.event
-        if self._client_gone:
-            event.status, event.error = CLIENT_CLOSED, "client closed the connection mid-stream"
-        usage = self._usage
-        if usage and usage.get("prompt_tokens") is not None:
-            tokens_in = int(usage["prompt_tokens"])
-            tokens_out = int(usage.get("completion_tokens") or 0)
-        else:
-            event.tokens_estimated = True
-            tokens_in = estimate_prompt_tokens(self._body["messages"])
-            tokens_out = self._deltas
-        _charge(event, self._deployment, tokens_in, tokens_out)
-        self._gateway.finish(event)

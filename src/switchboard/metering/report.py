@@ -21,10 +21,14 @@ COLUMNS = (
     "cost_usd",
     "latency_ms",
     "status",
+    "attempts",
+    "endpoint",
     "stream",
+    "tokens_estimated",
     "key_id",
     "user_id",
     "error",
+    "route",
 )
 FORMATS = ("table", "json", "csv")
 

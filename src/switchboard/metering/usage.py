@@ -33,6 +33,8 @@ class UsageEvent:
     ttft_ms: int | None = None
     status: int = 200
     error: str | None = None
+    attempts: int = 0
+    route: str | None = None
     started: float = field(default=0.0, repr=False)
 
     def as_row(self) -> dict[str, object]:
@@ -55,4 +57,6 @@ class UsageEvent:
             "ttft_ms": self.ttft_ms,
             "status": self.status,
             "error": self.error,
+            "attempts": self.attempts,
+            "route": self.route,
         }

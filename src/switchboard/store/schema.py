@@ -67,6 +67,8 @@ usage_events = Table(
     Column("ttft_ms", Integer, nullable=True),
     Column("status", Integer, nullable=False),
     Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("route", Text, nullable=True),
     Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),
 )
 
