@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from fakes import ollama_upstream, openai_upstream
+from fakes import anthropic_upstream, bedrock_upstream, ollama_upstream, openai_upstream
 from fakes.server import ServerThread
 from switchboard.app import SwitchboardApp, create_app
 from switchboard.config import GatewayConfig, parse_config
@@ -30,6 +30,9 @@ PG_ADMIN_DSN = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
 ADMIN_KEY = "sk-sb-admin-test-" + secrets.token_hex(8)
+BEDROCK_ACCESS_KEY = "AKIDSWITCHBOARDTEST0"
+BEDROCK_SECRET_KEY = "switchboard-bedrock-test-secret"
+BEDROCK_REGION = "us-east-1"
 
 
 async def _pg_admin(statement: str) -> None:
@@ -78,8 +81,40 @@ def fake_ollama() -> Iterator[ServerThread]:
         yield server
 
 
-def gateway_config(openai_url: str, ollama_url: str) -> GatewayConfig:
-    """Every model the end-to-end tests route to, over both fake upstreams."""
+@pytest.fixture(scope="session")
+def fake_anthropic() -> Iterator[ServerThread]:
+    app = anthropic_upstream.create_app(api_key="sk-ant-upstream-secret")
+    with ServerThread(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_bedrock() -> Iterator[ServerThread]:
+    """Fake Bedrock checking SigV4 for fixed test credentials; for the session the gateway
+    (in-process) finds them in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
+    app = bedrock_upstream.create_app(BEDROCK_ACCESS_KEY, BEDROCK_SECRET_KEY, BEDROCK_REGION)
+    with pytest.MonkeyPatch.context() as env, ServerThread(app) as server:
+        env.setenv("AWS_ACCESS_KEY_ID", BEDROCK_ACCESS_KEY)
+        env.setenv("AWS_SECRET_ACCESS_KEY", BEDROCK_SECRET_KEY)
+        for name in (
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+        ):
+            env.delenv(name, raising=False)
+        yield server
+
+
+def gateway_config(
+    openai_url: str,
+    ollama_url: str,
+    anthropic_url: str | None = None,
+    *,
+    bedrock_url: str | None = None,
+) -> GatewayConfig:
+    """Every model the end-to-end tests route to, over the fake upstreams (Anthropic's only
+    when ``anthropic_url`` is given)."""
     text = f"""
 providers:
   - name: openai-fake
@@ -133,6 +168,36 @@ models:
     deployments: [{{provider: ollama-fake, model: stall}}]
   - name: unreachable
     deployments: [{{provider: nowhere, model: gpt-4o}}]
+"""
+    if anthropic_url is not None:
+        provider = f"""  - name: anthropic-fake
+    kind: anthropic
+    base_url: {anthropic_url}
+    api_key: sk-ant-upstream-secret
+    locality: external
+"""
+        text = text.replace("\nmodels:\n", "\n" + provider + "models:\n", 1)
+        text += """  - name: claude-fake
+    deployments: [{provider: anthropic-fake, model: claude-3-5-haiku-20241022}]
+  - name: claude-broken
+    deployments: [{provider: anthropic-fake, model: error-500}]
+"""
+    if bedrock_url is not None:
+        provider = f"""  - name: bedrock-fake
+    kind: bedrock
+    region: {BEDROCK_REGION}
+    base_url: {bedrock_url}
+    locality: external
+"""
+        text = text.replace("\nmodels:\n", "\n" + provider + "models:\n", 1)
+        text += """  - name: bedrock-claude
+    deployments: [{provider: bedrock-fake, model: "anthropic.claude-3-5-sonnet-20240620-v1:0"}]
+  - name: bedrock-profile
+    deployments: [{provider: bedrock-fake, model: "us.anthropic.claude-3-5-sonnet-20241022-v2:0"}]
+  - name: bedrock-throttled
+    deployments: [{provider: bedrock-fake, model: error-429}]
+  - name: titan-embed
+    deployments: [{provider: bedrock-fake, model: "amazon.titan-embed-text-v2:0"}]
 """
     return parse_config(text, source="<tests>")
 
@@ -196,6 +261,8 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory,
     fake_openai: ServerThread,
     fake_ollama: ServerThread,
+    fake_anthropic: ServerThread,
+    fake_bedrock: ServerThread,
 ) -> Iterator[RunningGateway]:
     """The gateway as a real server on a loopback port, once per database backend."""
     data_dir = tmp_path_factory.mktemp("gateway")
@@ -203,7 +270,9 @@ def gateway(
         url = f"sqlite+aiosqlite:///{data_dir / 'gw.db'}"
     else:
         url = request.getfixturevalue("pg_url")
-    config = gateway_config(fake_openai.url, fake_ollama.url)
+    config = gateway_config(
+        fake_openai.url, fake_ollama.url, fake_anthropic.url, bedrock_url=fake_bedrock.url
+    )
     server, app = start_gateway(data_dir, url, config)
     with server:
         yield RunningGateway(url=server.url, app=app, settings=app.state.runtime.settings)

@@ -11,7 +11,9 @@ from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
 from switchboard.api import admin, health
+from switchboard.api.anthropic import AnthropicSurface
 from switchboard.api.errors import EXCEPTION_HANDLERS
+from switchboard.api.ollama import OllamaSurface
 from switchboard.api.openai import OpenAISurface
 from switchboard.config import GatewayConfig, load_config
 from switchboard.runtime import Runtime
@@ -19,20 +21,37 @@ from switchboard.settings import Settings
 
 
 class SwitchboardApp:
-    """The ASGI app: ``/v1/...`` goes straight to the OpenAI surface (the hot path, plain
-    ASGI); the lifespan and everything else go to the Starlette app (admin, probes)."""
+    """The ASGI app: ``/v1/messages`` goes to the Anthropic surface and the rest of ``/v1/...``
+    straight to the OpenAI surface (the hot paths, plain ASGI); the lifespan and everything
+    else go to the Starlette app (admin, probes). ``/`` and ``/api/...`` are Ollama's API."""
 
-    def __init__(self, framework: Starlette, openai_surface: OpenAISurface) -> None:
+    def __init__(
+        self,
+        framework: Starlette,
+        openai_surface: OpenAISurface,
+        anthropic_surface: AnthropicSurface | None = None,
+        ollama_surface: OllamaSurface | None = None,
+    ) -> None:
         self.framework = framework
         self._openai = openai_surface
+        self._anthropic = anthropic_surface
+        self._ollama = ollama_surface
 
     @property
     def state(self) -> State:
         return self.framework.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["path"] == "/v1/messages" and self._anthropic:
+            await self._anthropic(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
             await self._openai(scope, receive, send)
+        elif (
+            scope["type"] == "http"
+            and self._ollama
+            and (scope["path"] == "/" or scope["path"].startswith("/api/"))
+        ):
+            await self._ollama(scope, receive, send)
         else:
             await self.framework(scope, receive, send)
 
@@ -58,4 +77,9 @@ def create_app(
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    return SwitchboardApp(framework, OpenAISurface(lambda: framework.state.runtime))
+    return SwitchboardApp(
+        framework,
+        OpenAISurface(lambda: framework.state.runtime),
+        AnthropicSurface(lambda: framework.state.runtime),
+        OllamaSurface(lambda: framework.state.runtime),
+    )

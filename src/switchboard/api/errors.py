@@ -1,6 +1,7 @@
 """The one place errors become responses, in the shape of the protocol the caller speaks.
 
-``/api/...`` (Ollama's API) gets ``{"error": "..."}``; everything else gets OpenAI's error
+``/api/...`` (Ollama's API) gets ``{"error": "..."}``; ``/v1/messages`` (Anthropic's API) gets
+``{"type": "error", "error": {"type", "message"}}``; everything else gets OpenAI's error
 object ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -18,9 +19,35 @@ from switchboard.errors import RateLimited, SwitchboardError
 log = logging.getLogger("switchboard.api")
 
 
+ANTHROPIC_MESSAGES = "/v1/messages"
+# Anthropic's error types by HTTP status (its API documents one type per status).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(exc: SwitchboardError) -> str:
+    status = exc.status_code
+    default = "api_error" if status >= 500 else "invalid_request_error"
+    return _ANTHROPIC_TYPES.get(status, default)
+
+
 def error_body(path: str, exc: SwitchboardError) -> dict[str, object]:
     if path.startswith("/api/"):
         return {"error": exc.message}
+    if path == ANTHROPIC_MESSAGES:
+        return {
+            "type": "error",
+            "error": {"type": anthropic_error_type(exc), "message": exc.message},
+        }
     return {
         "error": {
             "message": exc.message,

@@ -12,6 +12,7 @@ import orjson
 
 from switchboard.errors import InvalidRequest, UpstreamUnavailable
 from switchboard.providers.base import JSON
+from switchboard.providers.openai_shapes import chunk, completion
 
 _OPTION_NAMES = {
     "temperature": "temperature",
@@ -163,21 +164,13 @@ def from_ollama_chat(data: JSON, model: str) -> JSON:
         message["reasoning_content"] = msg["thinking"]
     if calls:
         message["tool_calls"] = calls
-    return {
-        "id": completion_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": _finish_reason(data.get("done_reason"), bool(calls)),
-                "logprobs": None,
-            }
-        ],
-        "usage": _usage(data),
-    }
+    return completion(
+        id=completion_id(),
+        model=model,
+        message=message,
+        finish_reason=_finish_reason(data.get("done_reason"), bool(calls)),
+        usage=_usage(data),
+    )
 
 
 class OllamaStreamDecoder:
@@ -191,15 +184,13 @@ class OllamaStreamDecoder:
         self._tool_calls = 0
 
     def _chunk(self, delta: JSON, finish_reason: str | None = None) -> JSON:
-        return {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [
-                {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            ],
-        }
+        return chunk(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            delta=delta,
+            finish_reason=finish_reason,
+        )
 
     def __call__(self, lines: list[bytes]) -> list[JSON]:
         chunks: list[JSON] = []

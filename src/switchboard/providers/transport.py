@@ -3,7 +3,8 @@ and the one place where transport failures and upstream statuses become Switchbo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ import orjson
 
 from switchboard.config import ProviderConfig
 from switchboard.errors import (
+    CONTEXT_WINDOW,
     InvalidRequest,
     RateLimited,
     SwitchboardError,
@@ -21,11 +23,23 @@ from switchboard.errors import (
 from switchboard.providers.base import JSON
 
 _MAX_ERROR_BODY = 64 * 1024
+# How OpenAI, vLLM, Anthropic, Bedrock and Ollama word "the prompt is too long".
+_CONTEXT = re.compile(
+    r"context[_ ]length|context window|maximum context|too many tokens|prompt is too long"
+    r"|input is too long|exceeds? the (?:model'?s? )?(?:maximum|max)",
+    re.IGNORECASE,
+)
 
 
-def new_session(config: ProviderConfig) -> aiohttp.ClientSession:
+def new_session(
+    config: ProviderConfig, auth_headers: Mapping[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """``auth_headers`` replace the default ``Authorization: Bearer <api_key>`` for upstreams
+    that authenticate another way (Anthropic's ``x-api-key``)."""
     headers = {"Content-Type": "application/json", **config.headers}
-    if config.api_key is not None:
+    if auth_headers is not None:
+        headers.update(auth_headers)
+    elif config.api_key is not None:
         headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
     return aiohttp.ClientSession(
         base_url=None,
@@ -44,10 +58,12 @@ def new_session(config: ProviderConfig) -> aiohttp.ClientSession:
 class Upstream:
     """One provider's base URL and session; every request goes through `request`."""
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(
+        self, config: ProviderConfig, auth_headers: Mapping[str, str] | None = None
+    ) -> None:
         self.name = config.name
         self.base_url = config.base_url
-        self.session = new_session(config)
+        self.session = new_session(config, auth_headers)
 
     async def request(
         self, method: str, path: str, body: JSON | None = None
@@ -71,23 +87,27 @@ class Upstream:
         return resp
 
     async def json(self, method: str, path: str, body: JSON | None = None) -> JSON:
-        resp = await self.request(method, path, body)
-        try:
-            data = orjson.loads(await resp.read())
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"provider {self.name!r} stopped answering") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"provider {self.name!r} broke off: {exc}") from exc
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamUnavailable(f"provider {self.name!r} sent invalid JSON") from exc
-        finally:
-            resp.release()
-        if not isinstance(data, dict):
-            raise UpstreamUnavailable(f"provider {self.name!r} sent an unexpected reply")
-        return data
+        return await read_json(self.name, await self.request(method, path, body))
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+async def read_json(provider: str, resp: aiohttp.ClientResponse) -> JSON:
+    """The JSON object of a 2xx response, read whole; the response is released either way."""
+    try:
+        data = orjson.loads(await resp.read())
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"provider {provider!r} stopped answering") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"provider {provider!r} broke off: {exc}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamUnavailable(f"provider {provider!r} sent invalid JSON") from exc
+    finally:
+        resp.release()
+    if not isinstance(data, dict):
+        raise UpstreamUnavailable(f"provider {provider!r} sent an unexpected reply")
+    return data
 
 
 def status_error(
@@ -101,9 +121,8 @@ def status_error(
             code="upstream_rate_limited",
         )
     if status in (400, 413, 422):
-        return InvalidRequest(
-            f"provider {provider!r} rejected the request: {message}", code="upstream_bad_request"
-        )
+        code = CONTEXT_WINDOW if _CONTEXT.search(message) else "upstream_bad_request"
+        return InvalidRequest(f"provider {provider!r} rejected the request: {message}", code=code)
     if status in (401, 403):
         # The upstream's words may quote our credentials; say only what the operator must fix.
         return UpstreamRejected(f"provider {provider!r} refused the gateway's credentials")
