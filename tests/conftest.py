@@ -30,6 +30,21 @@ PG_ADMIN_DSN = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
 ADMIN_KEY = "sk-sb-admin-test-" + secrets.token_hex(8)
+# The one tool every fake upstream answers with a call to it: {"location": "Paris"}.
+WEATHER_TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string"}},
+                "required": ["location"],
+            },
+        },
+    }
+]
 BEDROCK_ACCESS_KEY = "AKIDSWITCHBOARDTEST0"
 BEDROCK_SECRET_KEY = "switchboard-bedrock-test-secret"
 BEDROCK_REGION = "us-east-1"

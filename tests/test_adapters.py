@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from conftest import BEDROCK_REGION
+from conftest import WEATHER_TOOLS as TOOLS
 from fakes import anthropic_upstream, bedrock_upstream, ollama_upstream, openai_upstream
 from fakes.behaviour import TOOL_ARGUMENTS, TOOL_CALL_TOKENS, error_message
 from fakes.server import ServerThread
@@ -59,20 +60,6 @@ COMPLETION_TOKENS = 5  # "Echo: hello from the suite"
 
 TOOL_QUESTION = "What is the weather in Paris?"
 TOOL_ANSWER = "Sunny and 21 degrees"
-TOOLS: list[JSON] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"],
-            },
-        },
-    }
-]
 
 # A 1x1 PNG.
 PNG_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="

@@ -16,6 +16,7 @@ import pytest
 from botocore.credentials import RefreshableCredentials
 
 from conftest import BEDROCK_ACCESS_KEY, BEDROCK_REGION, BEDROCK_SECRET_KEY, RunningGateway
+from conftest import WEATHER_TOOLS as TOOLS
 from fakes import bedrock_upstream
 from fakes.server import ServerThread
 from switchboard.config import ProviderConfig
@@ -34,20 +35,6 @@ pytestmark = pytest.mark.slow
 
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 PROFILE = "us.anthropic.claude-3-5-sonnet-20241022-v2:0"
-TOOLS: list[Any] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"],
-            },
-        },
-    }
-]
 CHAT_MODELS = ["bedrock-claude", "bedrock-profile"]
 
 _clients: list[openai.OpenAI] = []

@@ -13,6 +13,7 @@ import httpx
 import ollama
 import pytest
 
+from conftest import WEATHER_TOOLS as TOOLS
 from conftest import RunningGateway
 from fakes.server import ServerThread
 from switchboard.metering.usage import UsageEvent
@@ -20,20 +21,6 @@ from switchboard.metering.usage import UsageEvent
 pytestmark = pytest.mark.slow
 
 CHAT_MODELS = ["gpt-fake", "llama-fake"]
-TOOLS: list[Any] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"],
-            },
-        },
-    }
-]
 PNG = b"\x89PNG\r\n\x1a\nfake-image-bytes"
 
 _clients = contextlib.ExitStack()

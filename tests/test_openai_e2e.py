@@ -11,25 +11,12 @@ import httpx
 import openai
 import pytest
 
+from conftest import WEATHER_TOOLS as TOOLS
 from conftest import RunningGateway
 from fakes.server import ServerThread
 
 pytestmark = pytest.mark.slow
 
-TOOLS: list[Any] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"],
-            },
-        },
-    }
-]
 CHAT_MODELS = ["gpt-fake", "llama-fake"]
 
 

@@ -53,11 +53,10 @@ from switchboard.providers.bedrock_format import (
     to_converse,
     to_titan_embed,
 )
-from switchboard.providers.transport import new_session, read_json, status_error
+from switchboard.providers.transport import new_session, read_json, send
 
 SERVICE = "bedrock"  # the SigV4 signing name of both bedrock-runtime and the control plane
 EMBED_CONCURRENCY = 8  # InvokeModel calls in flight for one embeddings request
-_MAX_ERROR_BODY = 64 * 1024
 
 
 def model_path(model: str, action: str) -> str:
@@ -174,24 +173,15 @@ class BedrockProvider:
         if accept is not None:
             headers["Accept"] = accept
         headers = await self._signed_headers(method, url, data, headers)
-        try:
-            resp = await self._session.request(
-                method, URL(url, encoded=True), data=data, headers=headers
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"provider {self.name!r} did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"provider {self.name!r} unreachable: {exc}") from exc
-        if resp.status >= 300:
-            try:
-                raw = await resp.content.read(_MAX_ERROR_BODY)
-            except (TimeoutError, aiohttp.ClientError):
-                raw = b""
-            finally:
-                resp.release()
-            status = error_status(resp.headers.get("x-amzn-ErrorType"), resp.status)
-            raise status_error(self.name, status, raw, resp.headers.get("Retry-After"))
-        return resp
+        return await send(
+            self._session,
+            self.name,
+            method,
+            URL(url, encoded=True),  # keep %3A in model ids as signed
+            data=data,
+            headers=headers,
+            status_of=lambda r: error_status(r.headers.get("x-amzn-ErrorType"), r.status),
+        )
 
     async def _json(
         self, method: str, url: str, body: JSON | None = None, *, accept: str | None = None

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from switchboard.config import ProviderConfig
 from switchboard.errors import (
@@ -70,27 +71,44 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Send and return the response once its status is 2xx; raise a mapped error else."""
         data = orjson.dumps(body) if body is not None else None
-        try:
-            resp = await self.session.request(method, self.base_url + path, data=data)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"provider {self.name!r} did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"provider {self.name!r} unreachable: {exc}") from exc
-        if resp.status >= 300:
-            try:
-                raw = await resp.content.read(_MAX_ERROR_BODY)
-            except (TimeoutError, aiohttp.ClientError):
-                raw = b""
-            finally:
-                resp.release()
-            raise status_error(self.name, resp.status, raw, resp.headers.get("Retry-After"))
-        return resp
+        return await send(self.session, self.name, method, self.base_url + path, data=data)
 
     async def json(self, method: str, path: str, body: JSON | None = None) -> JSON:
         return await read_json(self.name, await self.request(method, path, body))
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    provider: str,
+    method: str,
+    url: str | URL,
+    *,
+    data: bytes | None,
+    headers: Mapping[str, str] | None = None,
+    status_of: Callable[[aiohttp.ClientResponse], int] | None = None,
+) -> aiohttp.ClientResponse:
+    """Send one request; return the response once its status is 2xx, raise a mapped error
+    else. ``status_of`` lets a protocol say which status an error really is (Bedrock names
+    its errors in a header)."""
+    try:
+        resp = await session.request(method, url, data=data, headers=headers)
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnavailable(f"provider {provider!r} unreachable: {exc}") from exc
+    if resp.status >= 300:
+        try:
+            raw = await resp.content.read(_MAX_ERROR_BODY)
+        except (TimeoutError, aiohttp.ClientError):
+            raw = b""
+        finally:
+            resp.release()
+        status = status_of(resp) if status_of is not None else resp.status
+        raise status_error(provider, status, raw, resp.headers.get("Retry-After"))
+    return resp
 
 
 async def read_json(provider: str, resp: aiohttp.ClientResponse) -> JSON:
