@@ -3,6 +3,7 @@ port, over the fake OpenAI-compatible and Ollama upstreams, on SQLite and on Pos
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,8 +12,8 @@ import httpx
 import openai
 import pytest
 
+from conftest import ADMIN_KEY, RunningGateway
 from conftest import WEATHER_TOOLS as TOOLS
-from conftest import RunningGateway
 from fakes.server import ServerThread
 
 pytestmark = pytest.mark.slow
@@ -494,3 +495,23 @@ def test_tenants_cannot_see_each_other(gateway: RunningGateway) -> None:
         client(gateway, key_a, default_headers={"X-Tenant-Id": slug_b}).chat.completions.create(
             model="gpt-fake", messages=[{"role": "user", "content": "x"}]
         )
+
+
+def test_secrets_never_reach_the_logs(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = gateway.new_tenant("quiet")
+    sdk = client(gateway, key)
+    with caplog.at_level(logging.DEBUG):
+        sdk.chat.completions.create(model="gpt-fake", messages=[{"role": "user", "content": "x"}])
+        for model in ("broken", "unreachable", "upstream-rejects"):
+            with pytest.raises(openai.APIStatusError):
+                sdk.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "x"}]
+                )
+        gateway.admin("GET", "/admin/v1/models")
+        gateway.usage("quiet", at_least=4)
+    server_side = [r for r in caplog.records if r.name.startswith("switchboard")]
+    assert server_side, "the gateway logged nothing: this test would prove nothing"
+    for secret in ("sk-upstream-secret", key, ADMIN_KEY):
+        assert secret not in caplog.text

@@ -17,6 +17,7 @@ duplicate streamed output.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from switchboard.gateway.routing import Deployment, ModelCatalog, ModelRoute
 from switchboard.store.tenants import UsageMode
 
 T = TypeVar("T")
+log = logging.getLogger("switchboard.router")
 
 
 @dataclass(slots=True)
@@ -127,9 +129,13 @@ class Router:
                     health.breaker.record_success()  # it answered; the request was the problem
                     attempts.add(deployment, _outcome(exc))
                     raise
+                was_open = health.breaker.state != "closed"
                 health.breaker.record_failure()
                 health.last_error = exc
                 attempts.add(deployment, _outcome(exc))
+                log.info("attempt on %s failed: %s", deployment.label, exc.message)
+                if not was_open and health.breaker.state != "closed":
+                    log.warning("circuit opened for %s: %s", deployment.label, exc.message)
                 if isinstance(exc, UpstreamRejected):
                     refused.add(id(deployment))
                 last = exc
@@ -139,6 +145,8 @@ class Router:
                 raise
             finally:
                 health.in_flight -= 1
+            if health.breaker.state != "closed":
+                log.warning("circuit closed again for %s", deployment.label)
             health.breaker.record_success()
             attempts.add(deployment, "ok")
             return deployment, result
