@@ -1,0 +1,265 @@
+"""Per-tenant guardrails on prompts (and, streaming-safe, on responses).
+
+A guardrail looks at a request in the internal (OpenAI) format and may note a finding, change
+the request (redact PII, drop a blocked tool), or refuse it with a reason. Guardrails are
+plugins: each is a factory registered under a name with `register`, which builds it from the
+tenant's `GuardrailPolicy` (or returns None when the policy does not ask for it). The built-in
+ones below are registered exactly the way an extension would register its own, as datasette
+registers its defaults as plugins.
+
+    policy ──▶ [factory(policy) for each registered guardrail] ──▶ inspect(request) in order
+                                                                    │
+                              refused? ──▶ Verdict(refusal_reason)  │ findings, edited body
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from switchboard.policy import pii
+
+JSON = dict[str, Any]
+PiiAction = Literal["block", "redact", "log"]
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalRule:
+    type: Literal["contains", "regex"]
+    pattern: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailPolicy:
+    """A tenant's guardrail settings, in the shape of the tenant config API."""
+
+    sensitive_prompt_patterns: tuple[str, ...] = ()  # plain (case-insensitive) or "re:<regex>"
+    sensitive_reason: str = "The request contains sensitive content."
+    refusal_rules: tuple[RefusalRule, ...] = ()
+    pii_actions: Mapping[str, PiiAction] = field(default_factory=dict)  # kind -> action
+    pii_on_responses: bool = False
+    blocked_tools: tuple[str, ...] = ()
+    blocked_tools_action: Literal["remove", "refuse"] = "remove"
+
+
+@dataclass(slots=True)
+class GuardedRequest:
+    """What guardrails see and may change; `body` is a private copy of the request."""
+
+    body: JSON
+    findings: list[str] = field(default_factory=list)
+    refusal: str | None = None
+
+    def texts(self) -> Iterator[tuple[JSON, str | None, str]]:
+        """(container, key, text) for every prompt text a person or tool wrote."""
+        for message in self.body.get("messages") or []:
+            if message.get("role") == "assistant":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                yield message, "content", content
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        yield part, "text", part["text"]
+
+    def refuse(self, reason: str) -> None:
+        if self.refusal is None:
+            self.refusal = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    body: JSON
+    refusal: str | None
+    findings: tuple[str, ...]
+
+
+class Guardrail(Protocol):
+    name: str
+
+    def inspect(self, request: GuardedRequest) -> None: ...
+
+
+GuardrailFactory = Callable[[GuardrailPolicy], Guardrail | None]
+_REGISTRY: dict[str, GuardrailFactory] = {}
+
+
+def register(name: str) -> Callable[[GuardrailFactory], GuardrailFactory]:
+    """Add a guardrail factory; they run in registration order."""
+
+    def decorator(factory: GuardrailFactory) -> GuardrailFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def registered() -> list[str]:
+    return list(_REGISTRY)
+
+
+def guard_prompt(policy: GuardrailPolicy, body: JSON) -> Verdict:
+    """Run every applicable guardrail over a copy of ``body``; stop at the first refusal."""
+    request = GuardedRequest(body={**body, "messages": copy.deepcopy(body.get("messages"))})
+    for factory in _REGISTRY.values():
+        guardrail = factory(policy)
+        if guardrail is None:
+            continue
+        guardrail.inspect(request)
+        if request.refusal is not None:
+            break
+    return Verdict(request.body, request.refusal, tuple(request.findings))
+
+
+# --- built-in guardrails, registered like any extension ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SensitivePatterns:
+    name = "sensitive_prompt_patterns"
+    patterns: tuple[re.Pattern[str], ...]
+    reason: str
+
+    def inspect(self, request: GuardedRequest) -> None:
+        for _container, _key, text in request.texts():
+            for pattern in self.patterns:
+                if pattern.search(text):
+                    request.findings.append(f"sensitive:{pattern.pattern}")
+                    request.refuse(self.reason)
+                    return
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    if pattern.startswith("re:"):
+        return re.compile(pattern[3:], re.IGNORECASE)
+    return re.compile(re.escape(pattern), re.IGNORECASE)
+
+
+@register("sensitive_prompt_patterns")
+def _sensitive(policy: GuardrailPolicy) -> Guardrail | None:
+    if not policy.sensitive_prompt_patterns:
+        return None
+    patterns = tuple(_compile(p) for p in policy.sensitive_prompt_patterns)
+    return SensitivePatterns(patterns, policy.sensitive_reason)
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalRules:
+    name = "refusal_rules"
+    rules: tuple[tuple[re.Pattern[str], str], ...]
+
+    def inspect(self, request: GuardedRequest) -> None:
+        for _container, _key, text in request.texts():
+            for pattern, reason in self.rules:
+                if pattern.search(text):
+                    request.findings.append(f"refusal:{reason}")
+                    request.refuse(reason)
+                    return
+
+
+@register("refusal_rules")
+def _refusals(policy: GuardrailPolicy) -> Guardrail | None:
+    if not policy.refusal_rules:
+        return None
+    rules = tuple(
+        (
+            re.compile(r.pattern, re.IGNORECASE) if r.type == "regex" else _compile(r.pattern),
+            r.reason,
+        )
+        for r in policy.refusal_rules
+    )
+    return RefusalRules(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class PiiGuard:
+    name = "pii"
+    actions: Mapping[str, PiiAction]
+
+    def inspect(self, request: GuardedRequest) -> None:
+        for container, key, text in list(request.texts()):
+            spans = pii.find(text, self.actions)
+            if not spans:
+                continue
+            to_redact = []
+            for span in spans:
+                action = self.actions[span.kind]
+                request.findings.append(f"pii:{span.kind}:{action}")
+                if action == "block":
+                    request.refuse(f"The request contains personal data ({span.kind}).")
+                    return
+                if action == "redact":
+                    to_redact.append(span)
+            if to_redact and key is not None:
+                container[key] = pii.redact(text, to_redact)
+
+
+@register("pii")
+def _pii(policy: GuardrailPolicy) -> Guardrail | None:
+    unknown = set(policy.pii_actions) - set(pii.DETECTORS)
+    if unknown:
+        raise ValueError(f"unknown PII kinds: {', '.join(sorted(unknown))}")
+    return PiiGuard(dict(policy.pii_actions)) if policy.pii_actions else None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedTools:
+    name = "blocked_tools"
+    blocked: frozenset[str]
+    refuse: bool
+
+    def inspect(self, request: GuardedRequest) -> None:
+        tools = request.body.get("tools") or []
+        names = [(t.get("function") or {}).get("name") for t in tools]
+        hit = [n for n in names if n in self.blocked]
+        if not hit:
+            return
+        request.findings.extend(f"blocked_tool:{n}" for n in hit)
+        if self.refuse:
+            request.refuse(f"The tool {hit[0]!r} is not allowed for this tenant.")
+            return
+        kept = [t for t, n in zip(tools, names, strict=True) if n not in self.blocked]
+        request.body["tools"] = kept
+        if not kept:
+            request.body.pop("tools", None)
+            request.body.pop("tool_choice", None)
+
+
+@register("blocked_tools")
+def _blocked_tools(policy: GuardrailPolicy) -> Guardrail | None:
+    if not policy.blocked_tools:
+        return None
+    return BlockedTools(frozenset(policy.blocked_tools), policy.blocked_tools_action == "refuse")
+
+
+class StreamRedactor:
+    """Redacts PII in streamed text although a match may be split across chunks: it holds back
+    the last ``hold`` characters until more text (or the end) shows where they belong."""
+
+    def __init__(self, kinds: tuple[str, ...], hold: int = 48) -> None:
+        self._kinds = kinds
+        self._hold = hold
+        self._buffer = ""
+
+    def feed(self, text: str) -> str:
+        self._buffer += text
+        cut = len(self._buffer) - self._hold
+        if cut <= 0:
+            return ""
+        spans = pii.find(self._buffer, self._kinds)
+        for span in spans:
+            if span.start < cut < span.end:
+                cut = span.start
+        out = pii.redact(self._buffer[:cut], [s for s in spans if s.end <= cut])
+        self._buffer = self._buffer[cut:]
+        return out
+
+    def flush(self) -> str:
+        out = pii.redact(self._buffer, pii.find(self._buffer, self._kinds))
+        self._buffer = ""
+        return out

@@ -1,0 +1,103 @@
+"""Built-in PII detectors: email, phone, payment card (Luhn-checked), IBAN (mod-97-checked).
+
+Each detector finds spans in a text; `redact` replaces them with a placeholder such as
+``[EMAIL]``. Checksums keep false positives down: a 16-digit order number is not a card unless
+its Luhn digit is right, and a string shaped like an IBAN is not one unless mod 97 gives 1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# International (+CC ...) or grouped national numbers, 8-15 digits in all.
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}(?!\w)"
+)
+_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    kind: str
+    start: int
+    end: int
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = ord(ch) - 48
+        if i % 2:
+            n = n * 2 - 9 if n > 4 else n * 2
+        total += n
+    return total % 10 == 0
+
+
+def iban_ok(text: str) -> bool:
+    compact = text.replace(" ", "")
+    if not 15 <= len(compact) <= 34:
+        return False
+    rotated = compact[4:] + compact[:4]
+    number = "".join(str(int(ch, 36)) for ch in rotated)
+    return int(number) % 97 == 1
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def _find_email(text: str) -> Iterable[Span]:
+    for m in _EMAIL.finditer(text):
+        yield Span("email", m.start(), m.end())
+
+
+def _find_card(text: str) -> Iterable[Span]:
+    for m in _CARD.finditer(text):
+        digits = _digits(m.group())
+        if 13 <= len(digits) <= 19 and luhn_ok(digits):
+            yield Span("credit_card", m.start(), m.end())
+
+
+def _find_iban(text: str) -> Iterable[Span]:
+    for m in _IBAN.finditer(text):
+        if iban_ok(m.group()):
+            yield Span("iban", m.start(), m.end())
+
+
+def _find_phone(text: str) -> Iterable[Span]:
+    for m in _PHONE.finditer(text):
+        if 8 <= len(_digits(m.group())) <= 15:
+            yield Span("phone", m.start(), m.end())
+
+
+# Order matters where shapes overlap: a card or IBAN is reported as such, not as a phone.
+DETECTORS: dict[str, Callable[[str], Iterable[Span]]] = {
+    "email": _find_email,
+    "credit_card": _find_card,
+    "iban": _find_iban,
+    "phone": _find_phone,
+}
+
+
+def find(text: str, kinds: Iterable[str] = DETECTORS) -> list[Span]:
+    """Non-overlapping spans of the given kinds, in text order."""
+    found: list[Span] = []
+    for kind in kinds:
+        for span in DETECTORS[kind](text):
+            if not any(s.start < span.end and span.start < s.end for s in found):
+                found.append(span)
+    return sorted(found, key=lambda s: s.start)
+
+
+def redact(text: str, spans: list[Span]) -> str:
+    out, last = [], 0
+    for span in sorted(spans, key=lambda s: s.start):
+        out.append(text[last : span.start])
+        out.append(f"[{span.kind.upper()}]")
+        last = span.end
+    out.append(text[last:])
+    return "".join(out)

@@ -1,0 +1,229 @@
+"""Guardrails: PII detectors with checksums, sensitive patterns, refusal rules, blocked tools,
+a guardrail registered as a plugin, and PII redaction that survives chunked streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from switchboard.policy import (
+    GuardrailPolicy,
+    RefusalRule,
+    StreamRedactor,
+    guard_prompt,
+    guardrails,
+    pii,
+)
+
+VALID_CARD = "4111 1111 1111 1111"  # the Visa test number: Luhn-valid
+INVALID_CARD = "4111 1111 1111 1112"
+VALID_IBANS = [
+    "DE89 3704 0044 0532 0130 00",
+    "GB82WEST12345698765432",
+    "FR1420041010050500013M02606",
+]
+INVALID_IBAN = "DE89 3704 0044 0532 0130 01"
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def kinds(text: str) -> list[str]:
+    return [s.kind for s in pii.find(text)]
+
+
+def test_luhn_and_iban_checksums() -> None:
+    assert pii.luhn_ok("4111111111111111")
+    assert not pii.luhn_ok("4111111111111112")
+    for iban in VALID_IBANS:
+        assert pii.iban_ok(iban), iban
+    assert not pii.iban_ok(INVALID_IBAN)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("mail me at jane.doe+ai@example.co.uk please", ["email"]),
+        (f"card {VALID_CARD} exp 12/29", ["credit_card"]),
+        (f"card {INVALID_CARD}", []),
+        ("order 1234567812345678 shipped", []),  # 16 digits, wrong Luhn digit
+        (f"IBAN {VALID_IBANS[0]}", ["iban"]),
+        (f"IBAN {INVALID_IBAN}", []),
+        ("call +49 30 1234 5678 now", ["phone"]),
+        ("call (030) 1234-5678", ["phone"]),
+        ("the year 2026 and 42 apples", []),
+        ("a@b.io and 4111-1111-1111-1111", ["email", "credit_card"]),
+    ],
+)
+def test_detectors(text: str, found: list[str]) -> None:
+    assert kinds(text) == found
+
+
+def test_redact_replaces_each_span() -> None:
+    text = f"me: jane@example.com, card {VALID_CARD}."
+    assert pii.redact(text, pii.find(text)) == "me: [EMAIL], card [CREDIT_CARD]."
+
+
+def test_nothing_configured_changes_nothing() -> None:
+    body = chat("my password is hunter2")
+    verdict = guard_prompt(GuardrailPolicy(), body)
+    assert verdict.refusal is None
+    assert verdict.body == body
+    assert verdict.findings == ()
+
+
+def test_sensitive_patterns_plain_and_regex_refuse_with_the_reason() -> None:
+    policy = GuardrailPolicy(
+        sensitive_prompt_patterns=("password", r"re:credit\s+card"),
+        sensitive_reason="Sensitive data is not allowed here.",
+    )
+    assert guard_prompt(policy, chat("What's my PASSWORD?")).refusal == (
+        "Sensitive data is not allowed here."
+    )
+    assert guard_prompt(policy, chat("my credit   card number")).refusal is not None
+    assert guard_prompt(policy, chat("pass the word")).refusal is None
+
+
+def test_refusal_rules_contains_and_regex() -> None:
+    policy = GuardrailPolicy(
+        refusal_rules=(
+            RefusalRule("contains", "hack", "Security violation"),
+            RefusalRule("regex", r"\bbomb\b", "Violence"),
+        )
+    )
+    assert guard_prompt(policy, chat("how to HACK a server")).refusal == "Security violation"
+    assert guard_prompt(policy, chat("a bomb threat")).refusal == "Violence"
+    assert guard_prompt(policy, chat("bombastic prose")).refusal is None
+
+
+def test_only_what_people_and_tools_wrote_is_checked() -> None:
+    policy = GuardrailPolicy(refusal_rules=(RefusalRule("contains", "hack", "Security"),))
+    body: dict[str, Any] = {
+        "model": "m",
+        "messages": [
+            {"role": "assistant", "content": "I will not help you hack."},
+            {"role": "user", "content": [{"type": "text", "text": "thanks"}]},
+        ],
+    }
+    assert guard_prompt(policy, body).refusal is None
+    body["messages"].append({"role": "tool", "tool_call_id": "c1", "content": "hack result"})
+    assert guard_prompt(policy, body).refusal == "Security"
+
+
+def test_pii_actions_block_redact_and_log() -> None:
+    text = f"I am jane@example.com, card {VALID_CARD}, phone +44 20 7946 0958"
+    redacting = GuardrailPolicy(
+        pii_actions={"email": "redact", "credit_card": "redact", "phone": "log"}
+    )
+    body = chat(text)
+    verdict = guard_prompt(redacting, body)
+    assert verdict.refusal is None
+    assert verdict.body["messages"][0]["content"] == (
+        "I am [EMAIL], card [CREDIT_CARD], phone +44 20 7946 0958"
+    )
+    assert set(verdict.findings) == {"pii:email:redact", "pii:credit_card:redact", "pii:phone:log"}
+    assert body["messages"][0]["content"] == text  # the caller's request is left alone
+    blocking = GuardrailPolicy(pii_actions={"credit_card": "block"})
+    assert guard_prompt(blocking, chat(text)).refusal == (
+        "The request contains personal data (credit_card)."
+    )
+
+
+def test_pii_redaction_reaches_content_parts() -> None:
+    body: dict[str, Any] = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "reach me at a@b.org"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ],
+    }
+    verdict = guard_prompt(GuardrailPolicy(pii_actions={"email": "redact"}), body)
+    parts = verdict.body["messages"][0]["content"]
+    assert parts[0]["text"] == "reach me at [EMAIL]"
+    assert parts[1] == body["messages"][0]["content"][1]
+
+
+def test_unknown_pii_kind_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="passport"):
+        guard_prompt(GuardrailPolicy(pii_actions={"passport": "block"}), chat("x"))
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+def test_blocked_tools_are_removed_or_refused() -> None:
+    body = chat("go", tools=[_tool("mcp_finance"), _tool("search")], tool_choice="auto")
+    removed = guard_prompt(GuardrailPolicy(blocked_tools=("mcp_finance",)), body)
+    assert [t["function"]["name"] for t in removed.body["tools"]] == ["search"]
+    assert removed.findings == ("blocked_tool:mcp_finance",)
+    only_blocked = chat("go", tools=[_tool("mcp_finance")], tool_choice="auto")
+    stripped = guard_prompt(GuardrailPolicy(blocked_tools=("mcp_finance",)), only_blocked)
+    assert "tools" not in stripped.body
+    assert "tool_choice" not in stripped.body
+    refusing = GuardrailPolicy(blocked_tools=("mcp_finance",), blocked_tools_action="refuse")
+    assert "mcp_finance" in (guard_prompt(refusing, body).refusal or "")
+
+
+def test_the_first_refusal_wins_and_stops_the_chain() -> None:
+    policy = GuardrailPolicy(
+        sensitive_prompt_patterns=("secret",),
+        sensitive_reason="sensitive",
+        refusal_rules=(RefusalRule("contains", "secret", "rule"),),
+    )
+    verdict = guard_prompt(policy, chat("a secret"))
+    assert verdict.refusal == "sensitive"
+    assert all(not f.startswith("refusal:") for f in verdict.findings)
+
+
+@pytest.fixture
+def shouting_guardrail() -> Iterator[None]:
+    """An extension registers itself exactly like the built-ins do."""
+
+    class NoShouting:
+        name = "no_shouting"
+
+        def inspect(self, request: guardrails.GuardedRequest) -> None:
+            for _container, _key, text in request.texts():
+                if text.isupper():
+                    request.refuse("Please do not shout.")
+
+    guardrails.register("no_shouting")(lambda policy: NoShouting())
+    try:
+        yield
+    finally:
+        guardrails._REGISTRY.pop("no_shouting")
+
+
+@pytest.mark.usefixtures("shouting_guardrail")
+def test_a_registered_plugin_runs_with_the_built_ins() -> None:
+    assert "no_shouting" in guardrails.registered()
+    assert guard_prompt(GuardrailPolicy(), chat("HELLO THERE")).refusal == "Please do not shout."
+    assert guard_prompt(GuardrailPolicy(), chat("hello there")).refusal is None
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 50])
+def test_stream_redaction_catches_pii_split_across_chunks(size: int) -> None:
+    text = (
+        "Sure. Contact jane.doe@example.com or pay with 4111 1111 1111 1111; "
+        "IBAN DE89 3704 0044 0532 0130 00. Thanks!"
+    )
+    redactor = StreamRedactor(("email", "credit_card", "iban"))
+    out = "".join(redactor.feed(text[i : i + size]) for i in range(0, len(text), size))
+    out += redactor.flush()
+    assert out == "Sure. Contact [EMAIL] or pay with [CREDIT_CARD]; IBAN [IBAN]. Thanks!"
+
+
+def test_stream_redaction_holds_back_no_more_than_its_window() -> None:
+    redactor = StreamRedactor(("email",), hold=10)
+    emitted = redactor.feed("x" * 25)
+    assert emitted == "x" * 15
+    assert redactor.flush() == "x" * 10
