@@ -1,0 +1,109 @@
+"""Exact-match response cache, per tenant: the same request from the same tenant within the TTL
+gets the stored answer instead of an upstream call.
+
+The key is a SHA-256 over the tenant id, the endpoint and the request body in canonical form
+(sorted keys), leaving out what does not change the answer (``stream``, ``stream_options``,
+``user``), so a plain request and a streamed one share an entry. The tenant id is part of the
+key and of the stored key's prefix: no tenant can ever be served another tenant's answer. A
+request opts out with ``Cache-Control: no-cache`` (or ``no-store``). Two backends share one
+interface: in process (bounded LRU, one worker) and Redis (shared by every replica).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from switchboard.providers.base import JSON
+
+_IGNORED = frozenset({"stream", "stream_options", "user"})
+
+
+def cache_key(tenant_id: str, endpoint: str, body: JSON) -> str:
+    canonical = {k: v for k, v in body.items() if k not in _IGNORED}
+    raw = orjson.dumps([tenant_id, endpoint, canonical], option=orjson.OPT_SORT_KEYS)
+    return f"{tenant_id}:{hashlib.sha256(raw).hexdigest()}"
+
+
+def allows_cache(cache_control: str | None) -> bool:
+    if not cache_control:
+        return True
+    directives = {d.strip().split("=", 1)[0].lower() for d in cache_control.split(",")}
+    return not directives & {"no-cache", "no-store"}
+
+
+class ResponseCache(Protocol):
+    async def get(self, key: str) -> JSON | None: ...
+
+    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryCache:
+    """Least-recently-used, at most ``max_entries``; expired entries are dropped when met."""
+
+    def __init__(
+        self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max = max_entries
+        self._clock = clock
+
+    async def get(self, key: str) -> JSON | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires, raw = found
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        value: JSON = orjson.loads(raw)
+        return value
+
+    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None:
+        self._entries[key] = (self._clock() + ttl_seconds, orjson.dumps(value))
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+
+
+class RedisCache:
+    """Entries as Redis strings with an expiry. A Redis failure is a miss, never an error:
+    the cache must not take the gateway down with it."""
+
+    def __init__(self, url: str, prefix: str = "sb:cache:") -> None:
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        self._prefix = prefix
+
+    async def get(self, key: str) -> JSON | None:
+        try:
+            raw = await self._redis.get(self._prefix + key)
+        except (RedisError, OSError):
+            return None
+        if raw is None:
+            return None
+        value: JSON = orjson.loads(raw)
+        return value
+
+    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None:
+        try:
+            await self._redis.set(
+                self._prefix + key, orjson.dumps(value), px=max(1, int(ttl_seconds * 1000))
+            )
+        except (RedisError, OSError):
+            return
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
