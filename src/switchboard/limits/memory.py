@@ -1,0 +1,116 @@
+"""The in-process limiter: GCRA buckets and expiring leases in dicts, for a single worker.
+
+    admit ──▶ read every bucket ──▶ all fit? ──yes──▶ write every bucket ──▶ Decision
+                                         └──no───▶ write nothing ─────────▶ Decision
+
+Every method runs without awaiting, so on one event loop each call is atomic. Limits do not hold
+across workers or replicas: use `RedisLimiter` there. Memory stays bounded: a bucket whose
+``tat`` has passed is full and carries no information, an expired lease holds no slot; both are
+swept once the tables double in size since the last sweep.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from switchboard.limits.base import (
+    EPS,
+    Check,
+    Decision,
+    Rule,
+    Scope,
+    lateness,
+    merge_checks,
+    rule_state,
+)
+
+_MIN_SWEEP = 1024
+
+BucketKey = tuple[Scope, str, int]  # (scope, rule name, window seconds)
+
+
+def _bucket(scope: Scope, rule: Rule) -> BucketKey:
+    return (scope, rule.name, rule.window_seconds)
+
+
+class MemoryLimiter:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tats: dict[BucketKey, float] = {}
+        self._leases: dict[Scope, deque[float]] = {}  # lease deadlines, oldest first
+        self._sweep_at = _MIN_SWEEP
+
+    async def admit(self, checks: Sequence[Check]) -> Decision:
+        now = self._clock()
+        merged = merge_checks(checks)
+        tats: list[float] = []
+        lates: list[float] = []
+        for scope, rule, cost in merged:
+            tat = max(self._tats.get(_bucket(scope, rule), now), now)
+            tats.append(tat)
+            lates.append(lateness(tat - now, rule, cost))
+        allowed = all(late <= EPS for late in lates)
+        states = []
+        for (scope, rule, cost), before, late in zip(merged, tats, lates, strict=True):
+            tat = before
+            if allowed and cost > 0:
+                tat = before + cost * rule.interval
+                self._tats[_bucket(scope, rule)] = tat
+            states.append(rule_state(scope, rule, tat - now, late))
+        self._maybe_sweep(now)
+        return Decision(allowed=allowed, states=states)
+
+    async def settle(self, scope: Scope, rule: Rule, delta: int) -> None:
+        if delta == 0:
+            return
+        now = self._clock()
+        key = _bucket(scope, rule)
+        tat = max(self._tats.get(key, now), now) + delta * rule.interval
+        if tat > now:
+            self._tats[key] = tat
+        else:
+            self._tats.pop(key, None)  # refunded past full: the bucket is simply full
+
+    async def acquire(self, scope: Scope, limit: int, ttl_seconds: float) -> bool:
+        now = self._clock()
+        leases = self._live(scope, now)
+        if len(leases) >= limit:
+            return False
+        leases.append(now + ttl_seconds)
+        self._leases[scope] = leases
+        self._maybe_sweep(now)
+        return True
+
+    async def release(self, scope: Scope) -> None:
+        leases = self._live(scope, self._clock())
+        if leases:
+            leases.popleft()
+        if leases:
+            self._leases[scope] = leases
+
+    async def aclose(self) -> None:
+        self._tats.clear()
+        self._leases.clear()
+
+    def _live(self, scope: Scope, now: float) -> deque[float]:
+        """The scope's unexpired leases, taken out of the table (the caller puts them back)."""
+        leases = self._leases.pop(scope, None)
+        if leases is None:
+            return deque()
+        return deque(d for d in leases if d > now)
+
+    def _maybe_sweep(self, now: float) -> None:
+        if len(self._tats) + len(self._leases) < self._sweep_at:
+            return
+        self._tats = {k: t for k, t in self._tats.items() if t > now}
+        for scope in list(self._leases):
+            live = self._live(scope, now)
+            if live:
+                self._leases[scope] = live
+        self._sweep_at = max(_MIN_SWEEP, 2 * (len(self._tats) + len(self._leases)))
+
+    def __len__(self) -> int:
+        """Buckets and lease tables held (for tests and metrics)."""
+        return len(self._tats) + len(self._leases)
