@@ -68,6 +68,29 @@ class Settings(BaseSettings):
         ge=1000,
         description="Most usage events held in memory while the database is unreachable.",
     )
+    lago_url: str | None = Field(
+        default=None,
+        description="Base URL of the Lago API (e.g. https://api.getlago.com). When set, usage "
+        "events are exported to Lago's /api/v1/events/batch; unset, nothing is exported.",
+    )
+    lago_api_key: SecretStr | None = Field(
+        default=None, description="Lago API key, sent as 'Authorization: Bearer <key>'."
+    )
+    lago_metric_code: str = Field(
+        default="llm_tokens",
+        description="Code of the Lago billable metric every exported usage event carries.",
+    )
+    export_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the Lago exporter looks for usage events to send when idle.",
+    )
+    export_batch_size: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="Most usage events sent to Lago in one request (Lago accepts at most 100).",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     access_log: bool = Field(
         default=False, description="Log one line per HTTP request (costs throughput)."

@@ -72,6 +72,26 @@ usage_events = Table(
     Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),
 )
 
+# Export bookkeeping for the ledger (migration 0003): a trigger adds a 'pending' row for every
+# usage_events insert; only the exporter updates these rows ('pending' | 'sent' | 'dead').
+usage_exports = Table(
+    "usage_exports",
+    metadata,
+    Column(
+        "request_id",
+        String(64),
+        ForeignKey("usage_events.request_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("state", String(8), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_export_at", DateTime(timezone=True), nullable=False),
+    Column("event_at", DateTime(timezone=True), nullable=False),
+    Column("exported_at", DateTime(timezone=True), nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_usage_exports_due", "state", "next_export_at"),
+)
+
 platform_secrets = Table(
     "platform_secrets",
     metadata,
