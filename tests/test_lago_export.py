@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import select
 
@@ -27,7 +28,7 @@ from switchboard.metering.usage import UsageEvent
 from switchboard.settings import Settings
 from switchboard.store import Database, TenantRepository, UsageRepository
 from switchboard.store.database import _alembic_config, utcnow
-from switchboard.store.schema import usage_exports
+from switchboard.store.schema import usage_events, usage_exports
 
 KEY = "lago-test-key-" + secrets.token_hex(4)
 CODE = "llm_tokens"
@@ -265,7 +266,11 @@ async def test_existing_rows_are_queued_by_the_migration(fresh_url: str) -> None
             await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0002"))
         tenant_id = await tenant(database)
         old = usage(tenant_id, 3)
-        await UsageRepository(database).write(old)
+        # Rows as the ledger held them at 0002: without the columns later migrations added.
+        later = {"refusal_reason", "cached"}
+        rows = [{k: v for k, v in e.as_row().items() if k not in later} for e in old]
+        async with database.engine.begin() as conn:
+            await conn.execute(sa.insert(usage_events), rows)
         await database.migrate()
         assert await export_states(database) == {e.request_id: "pending" for e in old}
         new = usage(tenant_id, 2)

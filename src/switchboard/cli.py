@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
+from switchboard.cli_billing import export_app, export_worker
 from switchboard.config import GatewayConfig, load_config
 from switchboard.errors import ConfigError, SwitchboardError
 from switchboard.metering import report
@@ -25,6 +26,8 @@ tenant_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 key_app = typer.Typer(help="Create, list and revoke tenant API keys.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
+app.add_typer(export_app, name="export")
+app.command("export-worker")(export_worker)
 
 T = TypeVar("T")
 ConfigOption = Annotated[

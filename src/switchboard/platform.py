@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from switchboard.settings import Settings
 from switchboard.store import Database, KeyRepository, TenantRepository, UsageRepository
+from switchboard.store.tenant_configs import TenantConfigRepository
 
 
 class Platform:
@@ -15,6 +16,7 @@ class Platform:
         self.tenants = TenantRepository(db)
         self.keys = KeyRepository(db)
         self.usage = UsageRepository(db)
+        self.configs = TenantConfigRepository(db)
 
 
 @asynccontextmanager

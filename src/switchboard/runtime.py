@@ -1,18 +1,24 @@
 """Everything one gateway process holds while it serves, built at start-up and torn down at
 shutdown (the app's lifespan): database, provider clients, model catalog, key cache, usage
-recorder. Nothing here lives in a module global."""
+recorder, and (when Lago is configured) the usage exporter. Nothing here lives in a module
+global."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from switchboard.auth import AdminAuthenticator, KeyAuthenticator
 from switchboard.auth.admin import ensure_admin_key
 from switchboard.config import GatewayConfig
+from switchboard.errors import ConfigError
 from switchboard.gateway import Gateway, Router, build_catalog
+from switchboard.gateway.cache import MemoryCache, RedisCache, ResponseCache
 from switchboard.metering import PriceTable, UsageRecorder
+from switchboard.metering.export_ops import build_exporter, export_queue
+from switchboard.metering.exporter import LagoExporter
 from switchboard.metering.spool import Spool
 from switchboard.platform import Platform
 from switchboard.providers import Provider, build_provider
@@ -20,6 +26,10 @@ from switchboard.settings import Settings
 from switchboard.store import Database
 
 log = logging.getLogger("switchboard")
+
+# How long shutdown waits for an in-flight Lago send before cancelling it (its claimed events
+# are sent again once their lease runs out; nothing is lost).
+EXPORT_STOP_TIMEOUT = 5.0
 
 
 def print_admin_key(secret: str) -> None:
@@ -41,10 +51,20 @@ class Runtime:
     keys: KeyAuthenticator
     admin: AdminAuthenticator
     recorder: UsageRecorder
+    # The Lago export queue (backlog, dead letters, re-drive): there whether or not Lago is
+    # configured. `export_task` is the in-process exporter, when this process runs one.
+    export: LagoExporter
+    export_task: asyncio.Task[None] | None = None
+    export_stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def start(cls, settings: Settings, config: GatewayConfig) -> Runtime:
         db = Database(settings.resolved_database_url())
+        try:  # a half-configured Lago stops start-up before anything is touched
+            exporter = build_exporter(db, settings)
+        except ConfigError:
+            await db.dispose()
+            raise
         await db.migrate()
         configured_admin = settings.admin_key.get_secret_value() if settings.admin_key else None
         if configured_admin is None:
@@ -68,19 +88,56 @@ class Runtime:
             len(providers),
             db.redacted_url(),
         )
-        return cls(
+        rt = cls(
             settings=settings,
             config=config,
             platform=platform,
             providers=providers,
-            gateway=Gateway(Router(catalog, config.router), recorder),
-            keys=KeyAuthenticator(platform.keys, ttl=settings.key_cache_ttl_seconds),
+            gateway=Gateway(Router(catalog, config.router), recorder, _response_cache(settings)),
+            keys=KeyAuthenticator(
+                platform.keys, ttl=settings.key_cache_ttl_seconds, configs=platform.configs
+            ),
             admin=AdminAuthenticator(db, configured_admin),
             recorder=recorder,
+            export=exporter or export_queue(db, settings),
         )
+        if exporter is not None and settings.export_in_server:
+            rt.export_task = asyncio.create_task(
+                exporter.run_forever(rt.export_stop), name="lago-export"
+            )
+            log.info(
+                "exporting usage events to Lago at %s every %.1f s",
+                settings.lago_url,
+                settings.export_interval_seconds,
+            )
+        return rt
 
     async def stop(self) -> None:
+        await self._stop_export()  # bounded, never raises: the recorder below still drains
+        await self.gateway.cache.aclose()
         await self.recorder.stop()
         for provider in self.providers.values():
             await provider.aclose()
         await self.platform.db.dispose()
+
+    async def _stop_export(self) -> None:
+        self.export_stop.set()
+        try:
+            if self.export_task is not None:
+                await asyncio.wait_for(self.export_task, EXPORT_STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "the Lago export did not stop within %.0f s and was cancelled; the events it "
+                "was sending go out again when their lease ends",
+                EXPORT_STOP_TIMEOUT,
+            )
+        try:
+            await self.export.aclose()
+        except Exception:
+            log.exception("closing the Lago client failed")
+
+
+def _response_cache(settings: Settings) -> ResponseCache:
+    if settings.cache_url:
+        return RedisCache(settings.cache_url)
+    return MemoryCache(max_entries=settings.cache_max_entries)

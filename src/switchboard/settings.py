@@ -91,7 +91,21 @@ class Settings(BaseSettings):
         le=100,
         description="Most usage events sent to Lago in one request (Lago accepts at most 100).",
     )
+    export_in_server: bool = Field(
+        default=True,
+        description="Run the Lago exporter inside the gateway process (every worker, safely in "
+        "parallel) when SWITCHBOARD_LAGO_URL is set. Turn it off when a separate "
+        "`switchboard export-worker` does the export.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    cache_url: str | None = Field(
+        default=None,
+        description="Redis URL for the response cache, shared by every replica "
+        "(redis://host:6379/0). Unset: an in-process cache per worker.",
+    )
+    cache_max_entries: int = Field(
+        default=10_000, ge=1, description="Most entries the in-process response cache holds."
+    )
     access_log: bool = Field(
         default=False, description="Log one line per HTTP request (costs throughput)."
     )

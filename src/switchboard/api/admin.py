@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -16,7 +17,9 @@ from switchboard.api.http import JSONResponse, read_json
 from switchboard.doctor import breaker_findings, diagnose
 from switchboard.errors import InvalidRequest
 from switchboard.metering import report
+from switchboard.policy.tenant_config import TenantConfig
 from switchboard.runtime import Runtime
+from switchboard.store.tenants import Tenant
 from switchboard.views import plain
 
 _BODY_LIMIT = 64 * 1024
@@ -76,6 +79,38 @@ async def update_tenant(request: Request) -> Response:
     )
     rt.keys.forget(tenant_id=tenant.id)
     return JSONResponse(plain(tenant))
+
+
+def _config_document(tenant: Tenant, config: TenantConfig) -> dict[str, Any]:
+    return {"tenant_id": tenant.slug, "usage_mode": tenant.usage_mode, **config.model_dump()}
+
+
+async def get_tenant_config(request: Request) -> Response:
+    rt = await _admin(request)
+    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    return JSONResponse(_config_document(tenant, await rt.platform.configs.get(tenant.id)))
+
+
+async def put_tenant_config(request: Request) -> Response:
+    """Replace the tenant's policy document (fields left out take their defaults)."""
+    rt = await _admin(request)
+    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    body = await _object(request)
+    named = body.pop("tenant_id", None)
+    if named is not None and named not in (tenant.slug, tenant.id):
+        raise InvalidRequest("tenant_id does not match the tenant in the path", param="tenant_id")
+    usage_mode = body.pop("usage_mode", None)
+    try:
+        config = TenantConfig.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+    if usage_mode is not None:
+        tenant = await rt.platform.tenants.update(tenant.id, usage_mode=str(usage_mode))
+    await rt.platform.configs.put(tenant.id, config)
+    rt.keys.forget(tenant_id=tenant.id)
+    return JSONResponse(_config_document(tenant, config))
 
 
 async def create_key(request: Request) -> Response:
@@ -184,6 +219,8 @@ routes = [
     Route("/admin/v1/tenants", create_tenant, methods=["POST"]),
     Route("/admin/v1/tenants/{tenant}", get_tenant, methods=["GET"]),
     Route("/admin/v1/tenants/{tenant}", update_tenant, methods=["PATCH"]),
+    Route("/admin/v1/tenants/{tenant}/config", get_tenant_config, methods=["GET"]),
+    Route("/admin/v1/tenants/{tenant}/config", put_tenant_config, methods=["PUT"]),
     Route("/admin/v1/tenants/{tenant}/keys", list_keys, methods=["GET"]),
     Route("/admin/v1/tenants/{tenant}/keys", create_key, methods=["POST"]),
     Route("/admin/v1/tenants/{tenant}/usage", tenant_usage, methods=["GET"]),

@@ -69,7 +69,13 @@ async def create_message(rt: Runtime, scope: Scope, receive: Receive, send: Send
         if isinstance(chat.get("user"), str):
             event.user_id = chat["user"]
         if chat.get("stream"):
-            stream = await gateway.stream_chat(caller, event, chat, include_usage=True)
+            stream = await gateway.stream_chat(
+                caller,
+                event,
+                chat,
+                include_usage=True,
+                cache_control=header(scope, b"cache-control"),
+            )
             encoder = AnthropicEventEncoder(
                 body["model"], input_tokens=estimate_prompt_tokens(chat["messages"])
             )
@@ -82,7 +88,9 @@ async def create_message(rt: Runtime, scope: Scope, receive: Receive, send: Send
             )
             await response(scope, receive, send)
             return
-        result = await gateway.chat(caller, event, chat)
+        result = await gateway.chat(
+            caller, event, chat, cache_control=header(scope, b"cache-control")
+        )
         message = anthropic_message_from_openai(result, str(result.get("model") or body["model"]))
         await send_json(send, 200, orjson.dumps(message), _headers(event))
 

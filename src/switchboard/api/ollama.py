@@ -64,6 +64,10 @@ _MODIFIED_AT = rfc3339(time.time_ns())
 _CAPABILITIES = ["completion", "tools"]
 
 
+def _cache_control(scope: Scope) -> str | None:
+    return header(scope, b"cache-control")
+
+
 async def _caller(rt: Runtime, scope: Scope) -> Caller:
     token = bearer_token(header(scope, b"authorization"))
     return await rt.keys.authenticate(token, header(scope, b"x-tenant-id"))
@@ -111,7 +115,9 @@ async def _generate(rt: Runtime, scope: Scope, receive: Receive, send: Send, sha
             return
         body = {**call.body, "model": model}
         if call.stream:
-            stream = await gateway.stream_chat(caller, event, body, include_usage=True)
+            stream = await gateway.stream_chat(
+                caller, event, body, include_usage=True, cache_control=_cache_control(scope)
+            )
             response = StreamResponse(
                 stream,
                 media_type="application/x-ndjson",
@@ -121,7 +127,7 @@ async def _generate(rt: Runtime, scope: Scope, receive: Receive, send: Send, sha
             )
             await response(scope, receive, send)
             return
-        result = await gateway.chat(caller, event, body)
+        result = await gateway.chat(caller, event, body, cache_control=_cache_control(scope))
         timing = Timing.between(event.started, time.perf_counter())
         render = chat_response if shape == "chat" else generate_response
         await _reply(send, render(result, call.model, timing), event)
@@ -193,7 +199,8 @@ async def tags(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     """The caller's visible models; the family is the provider that serves each."""
     caller = await _caller(rt, scope)
     catalog, mode = rt.gateway.catalog, caller.tenant.usage_mode
-    models = [_listed(name, catalog.resolve(name, mode)) for name in catalog.visible(mode)]
+    visible = rt.gateway.visible_models(caller)
+    models = [_listed(name, catalog.resolve(name, mode)) for name in visible]
     await send_json(send, 200, orjson.dumps({"models": models}))
 
 
@@ -204,7 +211,7 @@ async def show(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     if not isinstance(requested, str) or not requested:
         raise InvalidRequest("model is required", param="model")
     catalog, mode = rt.gateway.catalog, caller.tenant.usage_mode
-    visible = catalog.visible(mode)
+    visible = rt.gateway.visible_models(caller)
     name = next((c for c in name_candidates(requested) if c in visible), None)
     if name is None:
         raise NotFound(f"model {requested!r} not found", param="model", code="model_not_found")

@@ -51,7 +51,13 @@ async def chat_completions(rt: Runtime, scope: Scope, receive: Receive, send: Se
             event.user_id = body["user"]
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            stream = await gateway.stream_chat(caller, event, body, include_usage=include_usage)
+            stream = await gateway.stream_chat(
+                caller,
+                event,
+                body,
+                include_usage=include_usage,
+                cache_control=header(scope, b"cache-control"),
+            )
             response = StreamResponse(
                 stream,
                 media_type="text/event-stream",
@@ -62,7 +68,9 @@ async def chat_completions(rt: Runtime, scope: Scope, receive: Receive, send: Se
             )
             await response(scope, receive, send)
             return
-        result = await gateway.chat(caller, event, body)
+        result = await gateway.chat(
+            caller, event, body, cache_control=header(scope, b"cache-control")
+        )
         await send_json(send, 200, orjson.dumps(result), route_headers(event))
 
 
@@ -73,7 +81,9 @@ async def embeddings(rt: Runtime, scope: Scope, receive: Receive, send: Send) ->
         check_embeddings(body)
         if isinstance(body.get("user"), str):
             event.user_id = body["user"]
-        result = await rt.gateway.embed(caller, event, body)
+        result = await rt.gateway.embed(
+            caller, event, body, cache_control=header(scope, b"cache-control")
+        )
         await send_json(send, 200, orjson.dumps(result), route_headers(event))
 
 
@@ -83,7 +93,7 @@ def _model_object(name: str) -> JSON:
 
 async def list_models(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     caller = await _caller(rt, scope)
-    names = rt.gateway.catalog.visible(caller.tenant.usage_mode)
+    names = rt.gateway.visible_models(caller)
     await send_json(
         send, 200, orjson.dumps({"object": "list", "data": [_model_object(n) for n in names]})
     )
@@ -92,7 +102,7 @@ async def list_models(rt: Runtime, scope: Scope, receive: Receive, send: Send) -
 async def get_model(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     caller = await _caller(rt, scope)
     name = scope["path"].removeprefix("/v1/models/")
-    if name not in rt.gateway.catalog.visible(caller.tenant.usage_mode):
+    if name not in rt.gateway.visible_models(caller):
         raise NotFound(f"the model {name!r} does not exist", param="model", code="model_not_found")
     await send_json(send, 200, orjson.dumps(_model_object(name)))
 

@@ -11,14 +11,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from switchboard.errors import SwitchboardError
-from switchboard.gateway.streams import MeteredStream
+from switchboard.gateway.streams import ClientStream
 from switchboard.providers.base import JSON
 
 
 class StreamResponse(Response):
     def __init__(
         self,
-        stream: MeteredStream,
+        stream: ClientStream,
         *,
         media_type: str,
         encode: Callable[[list[JSON]], bytes],

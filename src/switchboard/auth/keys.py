@@ -9,19 +9,22 @@ on every request against the cached expiry time.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from switchboard.errors import AuthenticationFailed, PermissionDenied
+from switchboard.policy.tenant_config import TenantConfig
 from switchboard.store.keys import ApiKey, KeyRepository, hash_secret
+from switchboard.store.tenant_configs import TenantConfigRepository
 from switchboard.store.tenants import Tenant
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated tenant API key."""
+    """An authenticated tenant API key, with its tenant's policy as of the cache fill."""
 
     key: ApiKey
     tenant: Tenant
+    config: TenantConfig = field(default_factory=TenantConfig)
 
 
 @dataclass(slots=True)
@@ -33,8 +36,16 @@ class _Entry:
 
 
 class KeyAuthenticator:
-    def __init__(self, keys: KeyRepository, *, ttl: float, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        keys: KeyRepository,
+        *,
+        ttl: float,
+        configs: TenantConfigRepository | None = None,
+        max_entries: int = 100_000,
+    ) -> None:
         self._keys = keys
+        self._configs = configs
         self._ttl = ttl
         self._max = max_entries
         self._cache: dict[str, _Entry] = {}
@@ -64,8 +75,9 @@ class KeyAuthenticator:
             entry = _Entry(None, fresh_until, None, revoked=False)
         else:
             key, tenant = found
+            config = await self._configs.get(tenant.id) if self._configs else TenantConfig()
             entry = _Entry(
-                Caller(key, tenant),
+                Caller(key, tenant, config),
                 fresh_until,
                 key.expires_at.timestamp() if key.expires_at else None,
                 revoked=key.revoked_at is not None,

@@ -17,13 +17,28 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from switchboard.auth.keys import Caller
 from switchboard.errors import SwitchboardError, UpstreamTimeout
+from switchboard.gateway.assemble import assemble, replay
+from switchboard.gateway.cache import MemoryCache, ResponseCache, allows_cache, cache_key
 from switchboard.gateway.router import Attempts, Router
 from switchboard.gateway.routing import Deployment, ModelCatalog
-from switchboard.gateway.streams import MeteredStream, Prefetched, open_stream
+from switchboard.gateway.screening import (
+    check_model,
+    refusal_completion,
+    screen,
+    visible_models,
+)
+from switchboard.gateway.streams import (
+    CannedStream,
+    ClientStream,
+    MeteredStream,
+    Prefetched,
+    open_stream,
+)
 from switchboard.gateway.tokens import estimate_input_tokens, estimate_prompt_tokens
 from switchboard.metering.prices import cost_usd
 from switchboard.metering.recorder import UsageRecorder
@@ -42,19 +57,54 @@ def new_request_id() -> str:
 
 
 def route_headers(event: UsageEvent) -> list[tuple[bytes, bytes]]:
-    """Which request, provider and deployment served, and after how many attempts."""
-    return [
+    """Which request, provider and deployment served, after how many attempts, and whether
+    the answer came from the cache."""
+    headers = [
         (b"x-request-id", event.request_id.encode()),
         (b"x-switchboard-provider", (event.provider or "").encode()),
         (b"x-switchboard-deployment", (event.upstream_model or "").encode()),
         (b"x-switchboard-attempts", str(event.attempts).encode()),
     ]
+    if event.cached:
+        headers.append((b"x-switchboard-cache", b"hit"))
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheSlot:
+    key: str
+    ttl: float
 
 
 class Gateway:
-    def __init__(self, router: Router, recorder: UsageRecorder) -> None:
+    def __init__(
+        self, router: Router, recorder: UsageRecorder, cache: ResponseCache | None = None
+    ) -> None:
         self.router = router
         self.recorder = recorder
+        self.cache: ResponseCache = cache or MemoryCache()
+
+    def visible_models(self, caller: Caller) -> list[str]:
+        return visible_models(self.catalog, caller)
+
+    def _cache_slot(
+        self, caller: Caller, endpoint: str, body: JSON, cache_control: str | None
+    ) -> _CacheSlot | None:
+        settings = caller.config.cache
+        if not settings.enabled or not allows_cache(cache_control):
+            return None
+        return _CacheSlot(cache_key(caller.tenant.id, endpoint, body), settings.ttl_seconds)
+
+    async def _cached(self, slot: _CacheSlot | None, event: UsageEvent) -> JSON | None:
+        if slot is None:
+            return None
+        hit = await self.cache.get(slot.key)
+        if hit is not None:
+            event.cached = True  # metered with its tokens, priced at 0
+            usage = hit.get("usage") or {}
+            event.tokens_input = int(usage.get("prompt_tokens") or 0)
+            event.tokens_output = int(usage.get("completion_tokens") or 0)
+        return hit
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -105,7 +155,21 @@ class Gateway:
                 event.provider = attempts.last.provider.name
                 event.upstream_model = attempts.last.upstream_model
 
-    async def chat(self, caller: Caller, event: UsageEvent, body: JSON) -> JSON:
+    async def chat(
+        self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
+    ) -> JSON:
+        event.model = body["model"]
+        screened = screen(caller, body)
+        if screened.refusal is not None:
+            event.refusal_reason = screened.refusal
+            return refusal_completion(body["model"], screened.refusal)
+        body = screened.body
+        slot = self._cache_slot(caller, "chat", body, cache_control)
+        hit = await self._cached(slot, event)
+        if hit is not None:
+            hit["model"] = body["model"]
+            return hit
+
         async def once(d: Deployment) -> JSON:
             call = d.provider.chat({**body, "model": d.upstream_model})
             return await _within(call, d.timeouts.total or d.timeouts.first_byte, d)
@@ -119,11 +183,32 @@ class Gateway:
             tokens_in = estimate_prompt_tokens(body["messages"])
             tokens_out = sum(_choice_tokens(c) for c in result.get("choices") or [])
         _charge(event, deployment, int(tokens_in), int(tokens_out))
+        if slot is not None:
+            await self.cache.set(slot.key, result, slot.ttl)
         return result
 
     async def stream_chat(
-        self, caller: Caller, event: UsageEvent, body: JSON, *, include_usage: bool
-    ) -> MeteredStream:
+        self,
+        caller: Caller,
+        event: UsageEvent,
+        body: JSON,
+        *,
+        include_usage: bool,
+        cache_control: str | None = None,
+    ) -> ClientStream:
+        event.model = body["model"]
+        screened = screen(caller, body)
+        if screened.refusal is not None:
+            event.refusal_reason = screened.refusal
+            answer = refusal_completion(body["model"], screened.refusal)
+            return self._canned(event, answer, include_usage)
+        body = screened.body
+        slot = self._cache_slot(caller, "chat", body, cache_control)
+        hit = await self._cached(slot, event)
+        if hit is not None:
+            hit["model"] = body["model"]
+            return self._canned(event, hit, include_usage)
+
         async def once(d: Deployment) -> Prefetched:
             upstream_body = {**body, "model": d.upstream_model}
             return await open_stream(d, upstream_body, first_byte=d.timeouts.first_byte)
@@ -137,7 +222,18 @@ class Gateway:
             body=body,
             include_usage=include_usage,
             finish=self._settle_stream,
+            on_complete=self._store(slot) if slot is not None else None,
         )
+
+    def _canned(self, event: UsageEvent, answer: JSON, include_usage: bool) -> CannedStream:
+        event.stream = True  # the stream records the event when it closes
+        return CannedStream(event, replay(answer, include_usage=include_usage), self.finish)
+
+    def _store(self, slot: _CacheSlot) -> Callable[[list[JSON]], Awaitable[None]]:
+        async def store(chunks: list[JSON]) -> None:
+            await self.cache.set(slot.key, assemble(chunks), slot.ttl)
+
+        return store
 
     def _settle_stream(
         self, event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_out: int
@@ -145,7 +241,17 @@ class Gateway:
         _charge(event, deployment, tokens_in, tokens_out)
         self.finish(event)
 
-    async def embed(self, caller: Caller, event: UsageEvent, body: JSON) -> JSON:
+    async def embed(
+        self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
+    ) -> JSON:
+        event.model = body["model"]
+        check_model(caller, body["model"])
+        slot = self._cache_slot(caller, "embeddings", body, cache_control)
+        hit = await self._cached(slot, event)
+        if hit is not None:
+            hit["model"] = body["model"]
+            return hit
+
         async def once(d: Deployment) -> JSON:
             call = d.provider.embed({**body, "model": d.upstream_model})
             return await _within(call, d.timeouts.total or d.timeouts.first_byte, d)
@@ -157,6 +263,8 @@ class Gateway:
             event.tokens_estimated = True
             tokens = estimate_input_tokens(body["input"])
         _charge(event, deployment, int(tokens), 0)
+        if slot is not None:
+            await self.cache.set(slot.key, result, slot.ttl)
         return result
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 from switchboard.errors import SwitchboardError, UpstreamTimeout, UpstreamUnavailable
 from switchboard.gateway.routing import Deployment
@@ -15,6 +15,46 @@ from switchboard.metering.usage import UsageEvent
 from switchboard.providers.base import JSON, ChunkStream
 
 CLIENT_CLOSED = 499
+
+
+class ClientStream(Protocol):
+    """What a surface's streaming response needs: batches of chunks, and hooks that meter."""
+
+    def __aiter__(self) -> AsyncIterator[list[JSON]]: ...
+
+    def client_gone(self) -> None: ...
+
+    def fail(self, exc: SwitchboardError) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CannedStream:
+    """Chunks the gateway already has (a refusal, a cache hit): no upstream, one batch."""
+
+    def __init__(
+        self, event: UsageEvent, chunks: list[JSON], finish: Callable[[UsageEvent], None]
+    ) -> None:
+        self.event = event
+        self._chunks = chunks
+        self._finish = finish
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[list[JSON]]:
+        if self.event.ttft_ms is None:
+            self.event.ttft_ms = 0
+        yield self._chunks
+
+    def client_gone(self) -> None:
+        self.event.status, self.event.error = CLIENT_CLOSED, "client closed the connection"
+
+    def fail(self, exc: SwitchboardError) -> None:
+        self.event.status, self.event.error = exc.status_code, exc.message
+
+    async def aclose(self) -> None:
+        if not self._done:
+            self._done = True
+            self._finish(self.event)
 
 
 class Prefetched:
@@ -74,6 +114,7 @@ class MeteredStream:
         body: JSON,
         include_usage: bool,
         finish: Callable[[UsageEvent, Deployment, int, int], None],
+        on_complete: Callable[[list[JSON]], Awaitable[None]] | None = None,
     ) -> None:
         self.event = event
         self._deployment = deployment
@@ -81,6 +122,9 @@ class MeteredStream:
         self._body = body
         self._include_usage = include_usage
         self._finish = finish
+        self._on_complete = on_complete
+        self._seen: list[JSON] | None = [] if on_complete is not None else None
+        self._completed = False
         self._deltas = 0
         self._usage: dict[str, Any] | None = None
         self._finished = False
@@ -129,12 +173,15 @@ class MeteredStream:
             # The upstream ignored include_usage: the client asked for usage, so it gets our
             # count, marked as estimated in the usage event.
             yield [self._estimated_usage_chunk()]
+        self._completed = True
 
     def _pass(self, batch: list[JSON]) -> list[JSON]:
         """The chunks of one batch the client gets, relabelled; counts deltas and usage."""
         model = self._deployment.model
         keep_usage = self._include_usage
         out: list[JSON] = []
+        if self._seen is not None:
+            self._seen.extend(batch)
         for chunk in batch:
             usage = chunk.get("usage")
             if usage:
@@ -189,6 +236,8 @@ class MeteredStream:
             await self._upstream.stream.aclose()
         finally:
             self._settle()
+        if self._completed and not self._client_gone and self._on_complete and self._seen:
+            await self._on_complete(self._seen)
 
     def _settle(self) -> None:
         event = self.event

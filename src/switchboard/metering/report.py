@@ -29,6 +29,8 @@ COLUMNS = (
     "user_id",
     "error",
     "route",
+    "refusal_reason",
+    "cached",
 )
 FORMATS = ("table", "json", "csv")
 

@@ -35,6 +35,8 @@ class UsageEvent:
     error: str | None = None
     attempts: int = 0
     route: str | None = None
+    refusal_reason: str | None = None
+    cached: bool = False
     started: float = field(default=0.0, repr=False)
 
     def as_row(self) -> dict[str, object]:
@@ -59,4 +61,6 @@ class UsageEvent:
             "error": self.error,
             "attempts": self.attempts,
             "route": self.route,
+            "refusal_reason": self.refusal_reason,
+            "cached": self.cached,
         }

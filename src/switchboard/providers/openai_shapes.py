@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from switchboard.providers.base import JSON
+
+
+def new_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
 
 
 def completion(*, id: str, model: str, message: JSON, finish_reason: str, usage: JSON) -> JSON:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -69,6 +70,8 @@ usage_events = Table(
     Column("error", Text, nullable=True),
     Column("attempts", Integer, nullable=False, server_default="1"),
     Column("route", Text, nullable=True),
+    Column("refusal_reason", Text, nullable=True),
+    Column("cached", Boolean, nullable=False, server_default=false()),
     Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),
 )
 
@@ -90,6 +93,14 @@ usage_exports = Table(
     Column("exported_at", DateTime(timezone=True), nullable=True),
     Column("error", Text, nullable=True),
     Index("ix_usage_exports_due", "state", "next_export_at"),
+)
+
+tenant_configs = Table(
+    "tenant_configs",
+    metadata,
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    Column("config", Text, nullable=False),  # the TenantConfig document, as JSON
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 platform_secrets = Table(

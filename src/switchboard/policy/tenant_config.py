@@ -1,0 +1,111 @@
+"""A tenant's policy document, in the shape the founding documents used:
+
+    {"tenant_id": "t1", "blocked_tools": ["mcp_finance"],
+     "sensitive_prompt_patterns": ["password", "credit card"],
+     "refusal_rules": [{"type": "contains", "pattern": "hack", "reason": "Security violation"}],
+     "rate_limit_per_minute": 60, "rate_limit_per_hour": 1000,
+     "allowed_routes": ["PRICE_COMPARE", "DIET_NUTRITION"]}
+
+plus allowed models, PII actions and the response cache. Validated with pydantic at the admin
+API; the gateway reads it as a `GuardrailPolicy` and the other typed views below. Fields the
+gateway does not enforce yet are stored and returned, and the docs say which.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from switchboard.policy import pii
+from switchboard.policy.guardrails import GuardrailPolicy, RefusalRule
+
+
+class RefusalRuleModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["contains", "regex"]
+    pattern: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class CacheSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    ttl_seconds: float = Field(default=300, gt=0, le=86_400 * 30)
+
+
+class TenantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    blocked_tools: list[str] = Field(default_factory=list)
+    blocked_tools_action: Literal["remove", "refuse"] = "remove"
+    sensitive_prompt_patterns: list[str] = Field(default_factory=list)
+    sensitive_reason: str = "The request contains sensitive content."
+    refusal_rules: list[RefusalRuleModel] = Field(default_factory=list)
+    pii_actions: dict[str, Literal["block", "redact", "log"]] = Field(default_factory=dict)
+    pii_on_responses: bool = False
+    allowed_models: list[str] | None = Field(
+        default=None, description="Model names the tenant may use; None means all its mode allows."
+    )
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    # Stored and returned now; enforced by the limits, budget and routes work (issue 4).
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    rate_limit_per_hour: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    allowed_routes: list[str] = Field(default_factory=list)
+
+    @field_validator("pii_actions")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - set(pii.DETECTORS)
+        if unknown:
+            kinds = ", ".join(pii.DETECTORS)
+            raise ValueError(f"unknown PII kinds {sorted(unknown)}; known: {kinds}")
+        return value
+
+    @field_validator("sensitive_prompt_patterns")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a valid regular expression") from exc
+        return value
+
+    @property
+    def has_guardrails(self) -> bool:
+        return bool(
+            self.sensitive_prompt_patterns
+            or self.refusal_rules
+            or self.pii_actions
+            or self.blocked_tools
+        )
+
+    @cached_property
+    def guardrail_policy(self) -> GuardrailPolicy:
+        """The guardrails' view of this config (built once per cached config)."""
+        return GuardrailPolicy(
+            sensitive_prompt_patterns=tuple(self.sensitive_prompt_patterns),
+            sensitive_reason=self.sensitive_reason,
+            refusal_rules=tuple(
+                RefusalRule(r.type, r.pattern, r.reason) for r in self.refusal_rules
+            ),
+            pii_actions=dict(self.pii_actions),
+            pii_on_responses=self.pii_on_responses,
+            blocked_tools=tuple(self.blocked_tools),
+            blocked_tools_action=self.blocked_tools_action,
+        )
