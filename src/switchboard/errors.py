@@ -87,6 +87,7 @@ class RateLimited(ClientError):
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.headers: list[tuple[bytes, bytes]] = []  # e.g. x-ratelimit-* from our limits
 
 
 class UpstreamError(SwitchboardError):

@@ -16,6 +16,8 @@ from switchboard.config import GatewayConfig
 from switchboard.errors import ConfigError
 from switchboard.gateway import Gateway, Router, build_catalog
 from switchboard.gateway.cache import MemoryCache, RedisCache, ResponseCache
+from switchboard.gateway.limiting import TenantLimits
+from switchboard.limits import MemoryLimiter, RedisLimiter
 from switchboard.metering import PriceTable, UsageRecorder
 from switchboard.metering.export_ops import build_exporter, export_queue
 from switchboard.metering.exporter import LagoExporter
@@ -93,7 +95,14 @@ class Runtime:
             config=config,
             platform=platform,
             providers=providers,
-            gateway=Gateway(Router(catalog, config.router), recorder, _response_cache(settings)),
+            gateway=Gateway(
+                Router(catalog, config.router),
+                recorder,
+                _response_cache(settings),
+                TenantLimits(
+                    RedisLimiter(settings.limits_url) if settings.limits_url else MemoryLimiter()
+                ),
+            ),
             keys=KeyAuthenticator(
                 platform.keys, ttl=settings.key_cache_ttl_seconds, configs=platform.configs
             ),
@@ -115,6 +124,7 @@ class Runtime:
     async def stop(self) -> None:
         await self._stop_export()  # bounded, never raises: the recorder below still drains
         await self.gateway.cache.aclose()
+        await self.gateway.limits.aclose()
         await self.recorder.stop()
         for provider in self.providers.values():
             await provider.aclose()

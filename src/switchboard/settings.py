@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         "`switchboard export-worker` does the export.",
     )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    limits_url: str | None = Field(
+        default=None,
+        description="Redis URL for rate limits shared by every replica (redis://host:6379/0). "
+        "Unset: limits are counted in each worker process.",
+    )
     cache_url: str | None = Field(
         default=None,
         description="Redis URL for the response cache, shared by every replica "

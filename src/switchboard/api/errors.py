@@ -59,9 +59,12 @@ def error_body(path: str, exc: SwitchboardError) -> dict[str, object]:
 
 
 def error_headers(exc: SwitchboardError) -> list[tuple[bytes, bytes]]:
-    if isinstance(exc, RateLimited) and exc.retry_after is not None:
-        return [(b"retry-after", str(max(1, round(exc.retry_after))).encode())]
-    return []
+    if not isinstance(exc, RateLimited):
+        return []
+    out = list(exc.headers)
+    if exc.retry_after is not None:
+        out.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
+    return out
 
 
 def error_response(path: str, exc: SwitchboardError) -> Response:

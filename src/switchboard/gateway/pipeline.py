@@ -24,6 +24,7 @@ from switchboard.auth.keys import Caller
 from switchboard.errors import SwitchboardError, UpstreamTimeout
 from switchboard.gateway.assemble import assemble, replay
 from switchboard.gateway.cache import MemoryCache, ResponseCache, allows_cache, cache_key
+from switchboard.gateway.limiting import TenantLimits
 from switchboard.gateway.router import Attempts, Router
 from switchboard.gateway.routing import Deployment, ModelCatalog
 from switchboard.gateway.screening import (
@@ -40,6 +41,7 @@ from switchboard.gateway.streams import (
     open_stream,
 )
 from switchboard.gateway.tokens import estimate_input_tokens, estimate_prompt_tokens
+from switchboard.limits import MemoryLimiter
 from switchboard.metering.prices import cost_usd
 from switchboard.metering.recorder import UsageRecorder
 from switchboard.metering.usage import UsageEvent
@@ -67,6 +69,7 @@ def route_headers(event: UsageEvent) -> list[tuple[bytes, bytes]]:
     ]
     if event.cached:
         headers.append((b"x-switchboard-cache", b"hit"))
+    headers += event.response_headers
     return headers
 
 
@@ -78,11 +81,16 @@ class _CacheSlot:
 
 class Gateway:
     def __init__(
-        self, router: Router, recorder: UsageRecorder, cache: ResponseCache | None = None
+        self,
+        router: Router,
+        recorder: UsageRecorder,
+        cache: ResponseCache | None = None,
+        limits: TenantLimits | None = None,
     ) -> None:
         self.router = router
         self.recorder = recorder
         self.cache: ResponseCache = cache or MemoryCache()
+        self.limits = limits or TenantLimits(MemoryLimiter())
 
     def visible_models(self, caller: Caller) -> list[str]:
         return visible_models(self.catalog, caller)
@@ -135,6 +143,7 @@ class Gateway:
     def finish(self, event: UsageEvent) -> None:
         event.latency_ms = round((time.perf_counter() - event.started) * 1000)
         event.started = 0.0
+        self.limits.settle(event)
         self.recorder.record(event)
 
     async def _attempt(
@@ -159,6 +168,7 @@ class Gateway:
         self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
     ) -> JSON:
         event.model = body["model"]
+        await self.limits.admit(caller, event, _chat_estimate(body))
         screened = screen(caller, body)
         if screened.refusal is not None:
             event.refusal_reason = screened.refusal
@@ -197,6 +207,7 @@ class Gateway:
         cache_control: str | None = None,
     ) -> ClientStream:
         event.model = body["model"]
+        await self.limits.admit(caller, event, _chat_estimate(body))
         screened = screen(caller, body)
         if screened.refusal is not None:
             event.refusal_reason = screened.refusal
@@ -245,6 +256,7 @@ class Gateway:
         self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
     ) -> JSON:
         event.model = body["model"]
+        await self.limits.admit(caller, event, estimate_input_tokens(body["input"]))
         check_model(caller, body["model"])
         slot = self._cache_slot(caller, "embeddings", body, cache_control)
         hit = await self._cached(slot, event)
@@ -282,6 +294,12 @@ def _charge(event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_ou
     event.tokens_input, event.tokens_output = tokens_in, tokens_out
     if deployment.price is not None:
         event.cost_usd = cost_usd(deployment.price, tokens_in, tokens_out)
+
+
+def _chat_estimate(body: JSON) -> int:
+    """What a chat request may use at most, as far as we can tell before it runs."""
+    cap = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    return estimate_prompt_tokens(body["messages"]) + int(cap)
 
 
 def _choice_tokens(choice: dict[str, Any]) -> int:

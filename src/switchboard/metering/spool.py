@@ -22,7 +22,7 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as fh:
             for event in events:
-                fh.write(orjson.dumps(dataclasses.asdict(event)) + b"\n")
+                fh.write(orjson.dumps(event.as_row()) + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
 
