@@ -46,12 +46,14 @@ def wait_http(url: str, seconds: float = 30.0) -> None:
     raise SystemExit(f"{url} did not come up within {seconds} s")
 
 
-def admin_post(base: str, path: str, body: dict[str, object]) -> dict[str, object]:
+def admin_post(
+    base: str, path: str, body: dict[str, object], method: str = "POST"
+) -> dict[str, object]:
     request = urllib.request.Request(
         base + path,
         data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
-        method="POST",
+        method=method,
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         result: dict[str, object] = json.loads(response.read())
@@ -87,6 +89,12 @@ def main() -> None:
         "--config", type=Path, default=None, help="gateway YAML (UPSTREAM_URL is expanded)"
     )
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument(
+        "--tenant-config",
+        type=Path,
+        default=None,
+        help="JSON policy document PUT for the bench tenant (limits, guardrails, cache)",
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S")
     )
@@ -135,6 +143,9 @@ def main() -> None:
         slug = f"bench-{int(time.time())}"
         admin_post(gateway_url, "/admin/v1/tenants", {"slug": slug, "usage_mode": "hybrid"})
         key = str(admin_post(gateway_url, f"/admin/v1/tenants/{slug}/keys", {})["key"])
+        if args.tenant_config:
+            policy = json.loads(args.tenant_config.read_text())
+            admin_post(gateway_url, f"/admin/v1/tenants/{slug}/config", policy, method="PUT")
         memory = work / "mem.json"
         monitor = subprocess.Popen(
             [sys.executable, str(peers / "procmon.py"), "watch", str(gateway.pid), str(memory)]

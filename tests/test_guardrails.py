@@ -200,7 +200,7 @@ def shouting_guardrail() -> Iterator[None]:
     try:
         yield
     finally:
-        guardrails._REGISTRY.pop("no_shouting")
+        guardrails.unregister("no_shouting")
 
 
 @pytest.mark.usefixtures("shouting_guardrail")

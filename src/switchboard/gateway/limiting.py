@@ -20,24 +20,22 @@ log = logging.getLogger("switchboard.limits")
 
 
 class TenantLimits:
-    def __init__(self, limiter: Limiter) -> None:
+    def __init__(self, limiter: Limiter, settle_every: float = 0.05) -> None:
         self.limiter = limiter
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settle_every = settle_every
+        self._owed: dict[tuple[str, Rule], int] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
 
     async def admit(self, caller: Caller, event: UsageEvent, estimated_tokens: int) -> None:
         config = caller.config
-        scope = tenant_scope(caller.tenant.id)
-        checks: list[Check] = []
-        if config.rate_limit_per_minute:
-            checks.append((scope, Rule("requests", config.rate_limit_per_minute, 60), 1))
-        if config.rate_limit_per_hour:
-            checks.append((scope, Rule("requests", config.rate_limit_per_hour, 3600), 1))
-        token_rule = None
-        if config.tokens_per_minute:
-            token_rule = Rule("tokens", config.tokens_per_minute, 60)
-            checks.append((scope, token_rule, estimated_tokens))
-        if not checks:
+        token_rule = config.token_rule
+        if not config.request_rules and token_rule is None:
             return
+        scope = tenant_scope(caller.tenant.id)
+        checks: list[Check] = [(scope, rule, 1) for rule in config.request_rules]
+        if token_rule is not None:
+            checks.append((scope, token_rule, estimated_tokens))
         decision = await self.limiter.admit(checks)
         event.response_headers = headers(decision)
         if not decision.allowed:
@@ -48,7 +46,9 @@ class TenantLimits:
             event.token_reservation = (token_rule, estimated_tokens)
 
     def settle(self, event: UsageEvent) -> None:
-        """Correct the token reservation to what the request really used (off the hot path)."""
+        """Correct the token reservation to what the request really used. Corrections are
+        summed per bucket and applied together every ``settle_every`` seconds, off the hot
+        path (one limiter call per bucket, not one per request)."""
         if event.token_reservation is None:
             return
         rule, reserved = event.token_reservation
@@ -57,18 +57,29 @@ class TenantLimits:
         )
         if used == reserved:
             return
-        task = asyncio.get_running_loop().create_task(
-            self.limiter.settle(tenant_scope(event.tenant_id), rule, used - reserved)
-        )
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
+        key = (tenant_scope(event.tenant_id), rule)
+        self._owed[key] = self._owed.get(key, 0) + used - reserved
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self._settle_every, self._start_flush)
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("settling a token reservation failed: %s", task.exception())
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        owed, self._owed = self._owed, {}
+        self._flushing = asyncio.get_running_loop().create_task(self._flush(owed))
+
+    async def _flush(self, owed: dict[tuple[str, Rule], int]) -> None:
+        for (scope, rule), delta in owed.items():
+            if delta:
+                try:
+                    await self.limiter.settle(scope, rule, delta)
+                except Exception as exc:  # a settlement is best effort; the next one goes on
+                    log.warning("settling %s tokens for %s failed: %s", delta, scope, exc)
 
     async def aclose(self) -> None:
-        if self._settling:
-            await asyncio.wait(self._settling, timeout=5)
+        if self._owed:
+            owed, self._owed = self._owed, {}
+            await self._flush(owed)
+        if self._flushing is not None:
+            await asyncio.wait({self._flushing}, timeout=5)
         await self.limiter.aclose()

@@ -15,6 +15,7 @@ registers its defaults as plugins.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,9 +34,11 @@ class RefusalRule:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class GuardrailPolicy:
-    """A tenant's guardrail settings, in the shape of the tenant config API."""
+    """A tenant's guardrail settings, in the shape of the tenant config API. Compared and
+    hashed by identity: each cached tenant config holds one, and its guardrails are built once
+    per policy (see `_chain`)."""
 
     sensitive_prompt_patterns: tuple[str, ...] = ()  # plain (case-insensitive) or "re:<regex>"
     sensitive_reason: str = "The request contains sensitive content."
@@ -48,11 +51,19 @@ class GuardrailPolicy:
 
 @dataclass(slots=True)
 class GuardedRequest:
-    """What guardrails see and may change; `body` is a private copy of the request."""
+    """What guardrails see and may change. `body` starts as a shallow copy of the request;
+    a guardrail that edits message text calls `editable` first, which copies the messages
+    once (most requests are never edited, so most requests never pay for the copy)."""
 
     body: JSON
     findings: list[str] = field(default_factory=list)
     refusal: str | None = None
+    copied: bool = False
+
+    def editable(self) -> None:
+        if not self.copied:
+            self.body["messages"] = copy.deepcopy(self.body.get("messages"))
+            self.copied = True
 
     def texts(self) -> Iterator[tuple[JSON, str | None, str]]:
         """(container, key, text) for every prompt text a person or tool wrote."""
@@ -87,6 +98,7 @@ class Guardrail(Protocol):
 
 GuardrailFactory = Callable[[GuardrailPolicy], Guardrail | None]
 _REGISTRY: dict[str, GuardrailFactory] = {}
+_version = [0]  # bumped on every (un)registration, so built chains are rebuilt
 
 
 def register(name: str) -> Callable[[GuardrailFactory], GuardrailFactory]:
@@ -94,22 +106,32 @@ def register(name: str) -> Callable[[GuardrailFactory], GuardrailFactory]:
 
     def decorator(factory: GuardrailFactory) -> GuardrailFactory:
         _REGISTRY[name] = factory
+        _version[0] += 1
         return factory
 
     return decorator
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+    _version[0] += 1
 
 
 def registered() -> list[str]:
     return list(_REGISTRY)
 
 
+@functools.lru_cache(maxsize=4096)
+def _chain(policy: GuardrailPolicy, registry_version: int) -> tuple[Guardrail, ...]:
+    built = (factory(policy) for factory in _REGISTRY.values())
+    return tuple(g for g in built if g is not None)
+
+
 def guard_prompt(policy: GuardrailPolicy, body: JSON) -> Verdict:
-    """Run every applicable guardrail over a copy of ``body``; stop at the first refusal."""
-    request = GuardedRequest(body={**body, "messages": copy.deepcopy(body.get("messages"))})
-    for factory in _REGISTRY.values():
-        guardrail = factory(policy)
-        if guardrail is None:
-            continue
+    """Run every applicable guardrail over ``body`` (never changing the caller's copy); stop
+    at the first refusal."""
+    request = GuardedRequest(body={**body})
+    for guardrail in _chain(policy, _version[0]):
         guardrail.inspect(request)
         if request.refusal is not None:
             break
@@ -119,61 +141,63 @@ def guard_prompt(policy: GuardrailPolicy, body: JSON) -> Verdict:
 # --- built-in guardrails, registered like any extension ----------------------------------
 
 
+def _alternation(patterns: list[str]) -> re.Pattern[str]:
+    """One scan for many patterns; the group that matched names the pattern."""
+    return re.compile("|".join(f"(?P<p{i}>{p})" for i, p in enumerate(patterns)), re.IGNORECASE)
+
+
+def _source(pattern: str) -> str:
+    return pattern[3:] if pattern.startswith("re:") else re.escape(pattern)
+
+
 @dataclass(frozen=True, slots=True)
 class SensitivePatterns:
     name = "sensitive_prompt_patterns"
-    patterns: tuple[re.Pattern[str], ...]
+    pattern: re.Pattern[str]
+    originals: tuple[str, ...]
     reason: str
 
     def inspect(self, request: GuardedRequest) -> None:
         for _container, _key, text in request.texts():
-            for pattern in self.patterns:
-                if pattern.search(text):
-                    request.findings.append(f"sensitive:{pattern.pattern}")
-                    request.refuse(self.reason)
-                    return
-
-
-def _compile(pattern: str) -> re.Pattern[str]:
-    if pattern.startswith("re:"):
-        return re.compile(pattern[3:], re.IGNORECASE)
-    return re.compile(re.escape(pattern), re.IGNORECASE)
+            match = self.pattern.search(text)
+            if match and match.lastgroup:
+                request.findings.append(f"sensitive:{self.originals[int(match.lastgroup[1:])]}")
+                request.refuse(self.reason)
+                return
 
 
 @register("sensitive_prompt_patterns")
 def _sensitive(policy: GuardrailPolicy) -> Guardrail | None:
     if not policy.sensitive_prompt_patterns:
         return None
-    patterns = tuple(_compile(p) for p in policy.sensitive_prompt_patterns)
-    return SensitivePatterns(patterns, policy.sensitive_reason)
+    originals = policy.sensitive_prompt_patterns
+    pattern = _alternation([_source(p) for p in originals])
+    return SensitivePatterns(pattern, originals, policy.sensitive_reason)
 
 
 @dataclass(frozen=True, slots=True)
 class RefusalRules:
     name = "refusal_rules"
-    rules: tuple[tuple[re.Pattern[str], str], ...]
+    pattern: re.Pattern[str]
+    reasons: tuple[str, ...]
 
     def inspect(self, request: GuardedRequest) -> None:
         for _container, _key, text in request.texts():
-            for pattern, reason in self.rules:
-                if pattern.search(text):
-                    request.findings.append(f"refusal:{reason}")
-                    request.refuse(reason)
-                    return
+            match = self.pattern.search(text)
+            if match and match.lastgroup:
+                reason = self.reasons[int(match.lastgroup[1:])]
+                request.findings.append(f"refusal:{reason}")
+                request.refuse(reason)
+                return
 
 
 @register("refusal_rules")
 def _refusals(policy: GuardrailPolicy) -> Guardrail | None:
     if not policy.refusal_rules:
         return None
-    rules = tuple(
-        (
-            re.compile(r.pattern, re.IGNORECASE) if r.type == "regex" else _compile(r.pattern),
-            r.reason,
-        )
-        for r in policy.refusal_rules
-    )
-    return RefusalRules(rules)
+    rules = policy.refusal_rules
+    sources = [r.pattern if r.type == "regex" else re.escape(r.pattern) for r in rules]
+    return RefusalRules(_alternation(sources), tuple(r.reason for r in rules))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,21 +206,23 @@ class PiiGuard:
     actions: Mapping[str, PiiAction]
 
     def inspect(self, request: GuardedRequest) -> None:
-        for container, key, text in list(request.texts()):
-            spans = pii.find(text, self.actions)
-            if not spans:
-                continue
-            to_redact = []
-            for span in spans:
+        redact = False
+        for _container, _key, text in request.texts():
+            for span in pii.find(text, self.actions):
                 action = self.actions[span.kind]
                 request.findings.append(f"pii:{span.kind}:{action}")
                 if action == "block":
                     request.refuse(f"The request contains personal data ({span.kind}).")
                     return
-                if action == "redact":
-                    to_redact.append(span)
-            if to_redact and key is not None:
-                container[key] = pii.redact(text, to_redact)
+                redact = redact or action == "redact"
+        if not redact:
+            return
+        request.editable()
+        kinds = [k for k, a in self.actions.items() if a == "redact"]
+        for container, key, text in list(request.texts()):
+            spans = pii.find(text, kinds)
+            if spans and key is not None:
+                container[key] = pii.redact(text, spans)
 
 
 @register("pii")

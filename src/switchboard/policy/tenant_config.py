@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from switchboard.limits.base import Rule
 from switchboard.policy import pii
 from switchboard.policy.guardrails import GuardrailPolicy, RefusalRule
 
@@ -85,6 +86,20 @@ class TenantConfig(BaseModel):
                 except re.error as exc:
                     raise ValueError(f"{pattern!r} is not a valid regular expression") from exc
         return value
+
+    @cached_property
+    def request_rules(self) -> tuple[Rule, ...]:
+        """The tenant's request-rate rules, built once per cached config."""
+        rules = []
+        if self.rate_limit_per_minute:
+            rules.append(Rule("requests", self.rate_limit_per_minute, 60))
+        if self.rate_limit_per_hour:
+            rules.append(Rule("requests", self.rate_limit_per_hour, 3600))
+        return tuple(rules)
+
+    @cached_property
+    def token_rule(self) -> Rule | None:
+        return Rule("tokens", self.tokens_per_minute, 60) if self.tokens_per_minute else None
 
     @property
     def has_guardrails(self) -> bool:
