@@ -241,6 +241,17 @@ class RunningGateway:
         self.keys[slug + ":slug"] = unique
         return str(key.json()["key"])
 
+    def usage_of(self, slug: str, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The usage row of one request, once it has been written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.usage(slug, at_least=0, timeout=0)
+            found = [r for r in rows if r["request_id"] == request_id]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no usage row for {request_id}"
+            time.sleep(0.05)
+
     def usage(self, slug: str, *, at_least: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """The tenant's usage rows, once at least ``at_least`` have been written."""
         tenant = self.keys[slug + ":slug"]

@@ -116,14 +116,9 @@ def test_retries_the_same_deployment_until_it_answers(
     raw = ask(sdk, "flaky")
     assert raw.parse().choices[0].message.content == "Echo: hello there"
     assert raw.headers["x-switchboard-attempts"] == "3"
-    rows = [
-        r
-        for r in routed.usage("routed", at_least=1)
-        if r["request_id"] == raw.headers["x-request-id"]
-    ]
-    assert len(rows) == 1
-    assert rows[0]["attempts"] == 3
-    assert rows[0]["status"] == 200
+    row = routed.usage_of("routed", raw.headers["x-request-id"])
+    assert row["attempts"] == 3
+    assert row["status"] == 200
 
 
 def test_retry_after_is_honoured(sdk: openai.OpenAI, fake_openai: ServerThread) -> None:
