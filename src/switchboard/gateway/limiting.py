@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from switchboard.auth.keys import Caller
 from switchboard.limits import Check, Limiter, Rule, headers, rate_limited, tenant_scope
@@ -27,14 +28,17 @@ class TenantLimits:
         self._flushing: asyncio.Task[None] | None = None
         self._flush_scheduled = False
 
-    async def admit(self, caller: Caller, event: UsageEvent, estimated_tokens: int) -> None:
+    async def admit(self, caller: Caller, event: UsageEvent, estimate: Callable[[], int]) -> None:
+        """``estimate`` (the request's most tokens) is only called when a token rule needs it."""
         config = caller.config
         token_rule = config.token_rule
         if not config.request_rules and token_rule is None:
             return
         scope = tenant_scope(caller.tenant.id)
         checks: list[Check] = [(scope, rule, 1) for rule in config.request_rules]
+        estimated_tokens = 0
         if token_rule is not None:
+            estimated_tokens = estimate()
             checks.append((scope, token_rule, estimated_tokens))
         decision = await self.limiter.admit(checks)
         event.response_headers = headers(decision)

@@ -103,11 +103,13 @@ class Gateway:
             return None
         return _CacheSlot(cache_key(caller.tenant.id, endpoint, body), settings.ttl_seconds)
 
-    async def _cached(self, slot: _CacheSlot | None, event: UsageEvent) -> JSON | None:
+    async def _cached(self, slot: _CacheSlot | None, event: UsageEvent, model: str) -> JSON | None:
+        """The stored answer, relabelled with the model asked for; metered as cached."""
         if slot is None:
             return None
         hit = await self.cache.get(slot.key)
         if hit is not None:
+            hit["model"] = model
             event.cached = True  # metered with its tokens, priced at 0
             usage = hit.get("usage") or {}
             event.tokens_input = int(usage.get("prompt_tokens") or 0)
@@ -168,16 +170,15 @@ class Gateway:
         self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
     ) -> JSON:
         event.model = body["model"]
-        await self.limits.admit(caller, event, _chat_estimate(body))
+        await self.limits.admit(caller, event, lambda: _chat_estimate(body))
         screened = screen(caller, body)
         if screened.refusal is not None:
             event.refusal_reason = screened.refusal
             return refusal_completion(body["model"], screened.refusal)
         body = screened.body
         slot = self._cache_slot(caller, "chat", body, cache_control)
-        hit = await self._cached(slot, event)
+        hit = await self._cached(slot, event, body["model"])
         if hit is not None:
-            hit["model"] = body["model"]
             return hit
 
         async def once(d: Deployment) -> JSON:
@@ -207,7 +208,7 @@ class Gateway:
         cache_control: str | None = None,
     ) -> ClientStream:
         event.model = body["model"]
-        await self.limits.admit(caller, event, _chat_estimate(body))
+        await self.limits.admit(caller, event, lambda: _chat_estimate(body))
         screened = screen(caller, body)
         if screened.refusal is not None:
             event.refusal_reason = screened.refusal
@@ -215,9 +216,8 @@ class Gateway:
             return self._canned(event, answer, include_usage)
         body = screened.body
         slot = self._cache_slot(caller, "chat", body, cache_control)
-        hit = await self._cached(slot, event)
+        hit = await self._cached(slot, event, body["model"])
         if hit is not None:
-            hit["model"] = body["model"]
             return self._canned(event, hit, include_usage)
 
         async def once(d: Deployment) -> Prefetched:
@@ -256,12 +256,11 @@ class Gateway:
         self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
     ) -> JSON:
         event.model = body["model"]
-        await self.limits.admit(caller, event, estimate_input_tokens(body["input"]))
+        await self.limits.admit(caller, event, lambda: estimate_input_tokens(body["input"]))
         check_model(caller, body["model"])
         slot = self._cache_slot(caller, "embeddings", body, cache_control)
-        hit = await self._cached(slot, event)
+        hit = await self._cached(slot, event, body["model"])
         if hit is not None:
-            hit["model"] = body["model"]
             return hit
 
         async def once(d: Deployment) -> JSON:

@@ -14,7 +14,7 @@ import orjson
 
 from switchboard.errors import InvalidRequest
 from switchboard.providers.base import JSON
-from switchboard.providers.openai_shapes import completion
+from switchboard.providers.openai_shapes import completion, new_id, tool_call_input
 
 DEFAULT_MAX_TOKENS = 4096
 """Anthropic requires ``max_tokens``; OpenAI clients often leave it out."""
@@ -37,7 +37,7 @@ def completion_id(message_id: object = None) -> str:
     """An OpenAI completion id, carrying the upstream message id when there is one."""
     if isinstance(message_id, str) and message_id:
         return f"chatcmpl-{message_id.removeprefix('msg_')}"
-    return f"chatcmpl-{secrets.token_hex(12)}"
+    return new_id()
 
 
 # --- OpenAI request → Anthropic request -----------------------------------------------------
@@ -162,17 +162,7 @@ def _text(content: Any, param: str) -> str:
 
 
 def _tool_use(call: JSON, param: str) -> JSON:
-    function = call.get("function") or {}
-    name = function.get("name", "")
-    raw = function.get("arguments") or "{}"
-    try:
-        arguments = orjson.loads(raw) if isinstance(raw, str) else raw
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"tool call {name!r} has arguments that are not JSON", param=param
-        ) from exc
-    if not isinstance(arguments, dict):
-        raise InvalidRequest(f"tool call {name!r} needs a JSON object as arguments", param=param)
+    name, arguments = tool_call_input(call, param)
     call_id = call.get("id") or f"toolu_{secrets.token_hex(12)}"
     return {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
 

@@ -34,7 +34,7 @@ from switchboard.errors import (
     UpstreamUnavailable,
 )
 from switchboard.providers.base import JSON
-from switchboard.providers.openai_shapes import chunk, completion
+from switchboard.providers.openai_shapes import chunk, completion, new_id, tool_call_input
 
 IMAGE_FORMATS = {
     "image/png": "png",
@@ -204,16 +204,7 @@ def _assistant_blocks(msg: JSON) -> list[JSON]:
     text = _text(msg.get("content"))
     blocks: list[JSON] = [{"text": text}] if text else []
     for call in msg.get("tool_calls") or []:
-        function = call.get("function") or {}
-        name = function.get("name", "")
-        args = function.get("arguments") or "{}"
-        if isinstance(args, str):
-            try:
-                args = orjson.loads(args)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidRequest(
-                    f"tool call {name!r} has arguments that are not JSON", param="messages"
-                ) from exc
+        name, args = tool_call_input(call)
         blocks.append({"toolUse": {"toolUseId": call.get("id", ""), "name": name, "input": args}})
     return blocks
 
@@ -266,10 +257,6 @@ def _has_tool_blocks(messages: list[JSON]) -> bool:
 # --- response -----------------------------------------------------------------------------
 
 
-def completion_id() -> str:
-    return f"chatcmpl-{secrets.token_hex(12)}"
-
-
 def converse_usage(usage: Mapping[str, Any]) -> JSON:
     """OpenAI usage from Converse's; prompt tokens include cache reads and writes, which
     Bedrock counts apart from ``inputTokens``."""
@@ -320,7 +307,7 @@ def from_converse(data: JSON, model: str) -> JSON:
     if calls:
         message["tool_calls"] = calls
     return completion(
-        id=completion_id(),
+        id=new_id(),
         model=model,
         message=message,
         finish_reason=finish_reason(data.get("stopReason"), bool(calls)),
@@ -351,7 +338,7 @@ class BedrockStreamDecoder:
     """
 
     def __init__(self, model: str, provider: str = "bedrock") -> None:
-        self._id = completion_id()
+        self._id = new_id()
         self._created = int(time.time())
         self._model = model
         self._provider = provider

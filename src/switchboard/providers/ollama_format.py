@@ -12,7 +12,7 @@ import orjson
 
 from switchboard.errors import InvalidRequest, UpstreamUnavailable
 from switchboard.providers.base import JSON
-from switchboard.providers.openai_shapes import chunk, completion
+from switchboard.providers.openai_shapes import chunk, completion, new_id, tool_call_input
 
 _OPTION_NAMES = {
     "temperature": "temperature",
@@ -97,23 +97,10 @@ def _content(content: Any) -> tuple[str, list[str]]:
 
 
 def _tool_call_to_ollama(call: JSON, names: dict[str, str]) -> JSON:
-    function = call.get("function") or {}
-    name = function.get("name", "")
+    name, args = tool_call_input(call)
     if call.get("id"):
         names[call["id"]] = name
-    args = function.get("arguments") or "{}"
-    if isinstance(args, str):
-        try:
-            args = orjson.loads(args)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"tool call {name!r} has arguments that are not JSON", param="messages"
-            ) from exc
     return {"function": {"name": name, "arguments": args}}
-
-
-def completion_id() -> str:
-    return f"chatcmpl-{secrets.token_hex(12)}"
 
 
 def _tool_calls_to_openai(calls: list[JSON], first_index: int = 0) -> list[JSON]:
@@ -165,7 +152,7 @@ def from_ollama_chat(data: JSON, model: str) -> JSON:
     if calls:
         message["tool_calls"] = calls
     return completion(
-        id=completion_id(),
+        id=new_id(),
         model=model,
         message=message,
         finish_reason=_finish_reason(data.get("done_reason"), bool(calls)),
@@ -177,7 +164,7 @@ class OllamaStreamDecoder:
     """Turns Ollama's NDJSON stream lines into OpenAI chunks (stateful: one per stream)."""
 
     def __init__(self, model: str) -> None:
-        self._id = completion_id()
+        self._id = new_id()
         self._created = int(time.time())
         self._model = model
         self._role_sent = False

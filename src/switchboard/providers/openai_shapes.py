@@ -5,11 +5,31 @@ from __future__ import annotations
 import secrets
 import time
 
+import orjson
+
+from switchboard.errors import InvalidRequest
 from switchboard.providers.base import JSON
 
 
 def new_id() -> str:
     return f"chatcmpl-{secrets.token_hex(12)}"
+
+
+def tool_call_input(call: JSON, param: str = "messages") -> tuple[str, JSON]:
+    """An OpenAI tool call's function name and its arguments as the JSON object every other
+    protocol wants (OpenAI sends them as a string); 400 when they are not one."""
+    function = call.get("function") or {}
+    name = str(function.get("name", ""))
+    raw = function.get("arguments") or "{}"
+    try:
+        arguments = orjson.loads(raw) if isinstance(raw, str) else raw
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"tool call {name!r} has arguments that are not JSON", param=param
+        ) from exc
+    if not isinstance(arguments, dict):
+        raise InvalidRequest(f"tool call {name!r} needs a JSON object as arguments", param=param)
+    return name, arguments
 
 
 def completion(*, id: str, model: str, message: JSON, finish_reason: str, usage: JSON) -> JSON:
