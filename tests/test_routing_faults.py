@@ -32,6 +32,9 @@ providers:
   - {{name: up-a, kind: openai, {upstream}}}
   - {{name: up-b, kind: openai, {upstream}}}
   - {{name: quick, kind: openai, {upstream}, first_byte_timeout: 0.3, read_timeout: 0.5}}
+  # 1.5 s of silence cuts a stream: far beyond the fake's own gap between chunks, even on a
+  # loaded 2-core CI box, so only the deliberate stall trips it.
+  - {{name: stall-cutter, kind: openai, {upstream}, read_timeout: 1.5}}
   - {{name: refused, kind: openai, base_url: "http://127.0.0.1:9/v1", locality: external,
       connect_timeout: 1}}
   - {{name: local-ollama, kind: ollama, base_url: "{ollama_url}", locality: local}}
@@ -57,7 +60,7 @@ models:
       - {{provider: quick, model: slow-2000, weight: 1000}}
       - {{provider: up-b, model: gpt-4o-mini}}
   - name: stall-mid-stream
-    deployments: [{{provider: quick, model: stall}}]
+    deployments: [{{provider: stall-cutter, model: stall}}]
   - name: reset-mid-stream
     deployments: [{{provider: up-a, model: cut-3}}]
   - name: always-down
