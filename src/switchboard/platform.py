@@ -7,7 +7,11 @@ from contextlib import asynccontextmanager
 
 from switchboard.settings import Settings
 from switchboard.store import Database, KeyRepository, TenantRepository, UsageRepository
+from switchboard.store.audit import AuditRepository
+from switchboard.store.departments import DepartmentRepository
+from switchboard.store.sessions import SessionRepository
 from switchboard.store.tenant_configs import TenantConfigRepository
+from switchboard.store.users import UserRepository
 
 
 class Platform:
@@ -17,6 +21,10 @@ class Platform:
         self.keys = KeyRepository(db)
         self.usage = UsageRepository(db)
         self.configs = TenantConfigRepository(db)
+        self.departments = DepartmentRepository(db)
+        self.users = UserRepository(db)
+        self.sessions = SessionRepository(db)
+        self.audit = AuditRepository(db)
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ from sqlalchemy.engine import RowMapping
 
 from switchboard.errors import NotFound
 from switchboard.store.database import Database, as_utc, utcnow
-from switchboard.store.schema import api_keys, tenants
+from switchboard.store.schema import api_keys, tenants, users
 from switchboard.store.tenants import Tenant, _tenant
 
 KEY_PREFIX = "sk-sb-"
@@ -40,6 +40,7 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    user_id: str | None = None  # the owner; None for a tenant's service key
 
     def is_active(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -56,6 +57,7 @@ def _key(row: RowMapping) -> ApiKey:
         created_at=created,
         expires_at=as_utc(row["expires_at"]),
         revoked_at=as_utc(row["revoked_at"]),
+        user_id=row["user_id"],
     )
 
 
@@ -64,9 +66,17 @@ class KeyRepository:
         self._db = db
 
     async def create(
-        self, tenant: Tenant, *, name: str | None = None, expires_in_days: float | None = None
+        self,
+        tenant: Tenant,
+        *,
+        name: str | None = None,
+        expires_in_days: float | None = None,
+        user_id: str | None = None,
     ) -> tuple[ApiKey, str]:
-        """Return the stored key and its secret; the secret is never retrievable again."""
+        """Return the stored key and its secret; the secret is never retrievable again.
+
+        ``user_id`` makes it that user's key (the caller checks the user is in ``tenant``);
+        without it the key is the tenant's service key."""
         secret = new_secret()
         now = utcnow()
         key = ApiKey(
@@ -77,6 +87,7 @@ class KeyRepository:
             created_at=now,
             expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
             revoked_at=None,
+            user_id=user_id,
         )
         async with self._db.engine.begin() as conn:
             await conn.execute(
@@ -89,16 +100,24 @@ class KeyRepository:
                     created_at=key.created_at,
                     expires_at=key.expires_at,
                     revoked_at=None,
+                    user_id=user_id,
                 )
             )
         return key, secret
 
-    async def list(self, tenant_id: str) -> list[ApiKey]:
-        query = (
-            select(api_keys)
-            .where(api_keys.c.tenant_id == tenant_id)
-            .order_by(api_keys.c.created_at, api_keys.c.id)
-        )
+    async def list(
+        self, tenant_id: str, *, department_id: str | None = None, user_id: str | None = None
+    ) -> list[ApiKey]:
+        """A tenant's keys; narrowed to one department's users' keys, or to one user's."""
+        query = select(api_keys).where(api_keys.c.tenant_id == tenant_id)
+        if user_id is not None:
+            query = query.where(api_keys.c.user_id == user_id)
+        if department_id is not None:
+            members = select(users.c.id).where(
+                users.c.tenant_id == tenant_id, users.c.department_id == department_id
+            )
+            query = query.where(api_keys.c.user_id.in_(members))
+        query = query.order_by(api_keys.c.created_at, api_keys.c.id)
         async with self._db.engine.connect() as conn:
             return [_key(r) for r in (await conn.execute(query)).mappings()]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -19,7 +20,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData()
@@ -45,6 +48,8 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # The user the key belongs to; NULL for a tenant's service key (migration 0005).
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=True, index=True),
 )
 
 usage_events = Table(
@@ -109,4 +114,107 @@ platform_secrets = Table(
     Column("name", String(64), primary_key=True),
     Column("secret_hash", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# platform_secrets also holds the session signing key (name 'session_secret', migration-free):
+# random bytes, hex, in the secret_hash column; see switchboard.auth.tokens.
+
+# -- identity and access (migration 0005) ---------------------------------------------------
+
+departments = Table(
+    "departments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_departments_tenant_name"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # NULL only for platform admins (ck_users_tenant_for_role).
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True),
+    Column("department_id", String(32), ForeignKey("departments.id"), nullable=True),
+    Column("email", String(320), nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("role", String(24), nullable=False),
+    Column("password_hash", String(200), nullable=True),  # argon2id; NULL for LDAP/OIDC users
+    Column("source", String(8), nullable=False, server_default="local"),
+    Column("external_subject", String(500), nullable=True),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_login_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(
+        "role IN ('platform_admin', 'tenant_admin', 'department_admin', 'user')",
+        name="ck_users_role",
+    ),
+    CheckConstraint(
+        "(role = 'platform_admin') = (tenant_id IS NULL)", name="ck_users_tenant_for_role"
+    ),
+    CheckConstraint("source IN ('local', 'ldap', 'oidc')", name="ck_users_source"),
+    UniqueConstraint("tenant_id", "email", name="uq_users_tenant_email"),
+    Index(
+        "uq_users_platform_email",
+        "email",
+        unique=True,
+        sqlite_where=text("tenant_id IS NULL"),
+        postgresql_where=text("tenant_id IS NULL"),
+    ),
+    Index(
+        "uq_users_external_subject",
+        "tenant_id",
+        "source",
+        "external_subject",
+        unique=True,
+        sqlite_where=text("external_subject IS NOT NULL"),
+        postgresql_where=text("external_subject IS NOT NULL"),
+    ),
+    Index("ix_users_department", "tenant_id", "department_id"),
+)
+
+# One row per refresh-token family: rotating the refresh token replaces refresh_hash.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", String(32), nullable=True),  # the user's; NULL for platform admins
+    Column("refresh_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_reason", String(32), nullable=True),
+    Column("client_ip", String(64), nullable=True),
+    Column("user_agent", String(300), nullable=True),
+    Index("ix_sessions_user", "user_id"),
+)
+
+# Append-only: triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor_kind", String(16), nullable=False),  # admin_key | user | cli | anonymous
+    Column("actor_id", String(320), nullable=True),
+    Column("actor_role", String(24), nullable=True),
+    Column("tenant_id", String(32), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("target", String(320), nullable=True),
+    Column("outcome", String(16), nullable=False, server_default="ok"),  # ok | denied | failed
+    Column("details", Text, nullable=True),  # JSON, never secrets
+    Column("client_ip", String(64), nullable=True),
+    Column("user_agent", String(300), nullable=True),
+    Index("ix_audit_log_tenant_id", "tenant_id", "id"),
+    Index("ix_audit_log_at", "at"),
 )

@@ -32,10 +32,18 @@ class UsageRepository:
             await conn.exec_driver_sql(_insert_sql(self._db.dialect), rows)
 
     async def query(
-        self, tenant_id: str, *, since: datetime | None = None, limit: int = 10_000
+        self,
+        tenant_id: str,
+        *,
+        since: datetime | None = None,
+        limit: int = 10_000,
+        key_ids: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first, for one tenant only."""
+        """Newest first, for one tenant only; only the requests of ``key_ids`` when given
+        (a department's or a user's share of the tenant's usage)."""
         q = select(usage_events).where(usage_events.c.tenant_id == tenant_id)
+        if key_ids is not None:
+            q = q.where(usage_events.c.key_id.in_(list(key_ids)))
         if since is not None:
             # SQLite stores naive UTC text, so compare in UTC whatever offset was given.
             q = q.where(usage_events.c.created_at >= since.astimezone(UTC))
