@@ -11,7 +11,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,9 @@ from fakes import anthropic_upstream, bedrock_upstream, ollama_upstream, openai_
 from fakes.server import ServerThread
 from switchboard.app import SwitchboardApp, create_app
 from switchboard.config import GatewayConfig, parse_config
+from switchboard.platform import Platform
 from switchboard.settings import Settings
+from switchboard.store import Database
 
 PG_ADMIN_DSN = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -302,3 +304,14 @@ def gateway(
     server, app = start_gateway(data_dir, url, config)
     with server:
         yield RunningGateway(url=server.url, app=app, settings=app.state.runtime.settings)
+
+
+@pytest.fixture
+async def platform(db_url: str) -> AsyncIterator[Platform]:
+    """The admin services over a migrated database, on SQLite and on PostgreSQL."""
+    database = Database(db_url)
+    try:
+        await database.migrate()
+        yield Platform(database)
+    finally:
+        await database.dispose()

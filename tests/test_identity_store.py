@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -12,20 +11,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from switchboard.errors import InvalidRequest, NotFound
 from switchboard.platform import Platform
-from switchboard.store import Database
 from switchboard.store.audit import AuditFilter
 from switchboard.store.schema import audit_log, users
 from switchboard.store.tenants import Tenant
-
-
-@pytest.fixture
-async def platform(db_url: str) -> AsyncIterator[Platform]:
-    database = Database(db_url)
-    try:
-        await database.migrate()
-        yield Platform(database)
-    finally:
-        await database.dispose()
 
 
 async def new_tenant(p: Platform) -> Tenant:

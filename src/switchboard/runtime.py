@@ -9,9 +9,14 @@ import asyncio
 import logging
 import sys
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from switchboard.auth import AdminAuthenticator, KeyAuthenticator
 from switchboard.auth.admin import ensure_admin_key
+from switchboard.auth.audit import Auditor
+from switchboard.auth.sessions import SessionService
+from switchboard.auth.throttle import LoginThrottle
+from switchboard.auth.tokens import AccessTokens, session_secret
 from switchboard.config import GatewayConfig
 from switchboard.errors import ConfigError
 from switchboard.gateway import Gateway, Router, build_catalog
@@ -53,6 +58,8 @@ class Runtime:
     keys: KeyAuthenticator
     admin: AdminAuthenticator
     recorder: UsageRecorder
+    auditor: Auditor
+    sessions: SessionService  # human sign-in; LDAP/OIDC flows call sessions.sign_in_external
     # The Lago export queue (backlog, dead letters, re-drive): there whether or not Lago is
     # configured. `export_task` is the in-process exporter, when this process runs one.
     export: LagoExporter
@@ -74,6 +81,8 @@ class Runtime:
             if created is not None:  # straight to the operator's terminal, never into logs
                 print_admin_key(created)
         platform = Platform(db)
+        auditor = Auditor(platform.audit)
+        sessions = _sessions(settings, platform, auditor, await _signing_key(db, settings))
         providers = {p.name: build_provider(p) for p in config.providers}
         catalog = await build_catalog(config, providers, PriceTable(config.prices))
         recorder = UsageRecorder(
@@ -108,6 +117,8 @@ class Runtime:
             ),
             admin=AdminAuthenticator(db, configured_admin),
             recorder=recorder,
+            auditor=auditor,
+            sessions=sessions,
             export=exporter or export_queue(db, settings),
         )
         if exporter is not None and settings.export_in_server:
@@ -145,6 +156,30 @@ class Runtime:
             await self.export.aclose()
         except Exception:
             log.exception("closing the Lago client failed")
+
+
+async def _signing_key(db: Database, settings: Settings) -> bytes:
+    configured = settings.session_secret.get_secret_value() if settings.session_secret else None
+    if configured is not None and len(configured) < 32:
+        await db.dispose()
+        raise ConfigError("SWITCHBOARD_SESSION_SECRET must be at least 32 characters")
+    return await session_secret(db, configured)
+
+
+def _sessions(
+    settings: Settings, platform: Platform, auditor: Auditor, secret: bytes
+) -> SessionService:
+    return SessionService(
+        platform,
+        AccessTokens(secret, ttl_seconds=settings.access_token_ttl_seconds),
+        auditor,
+        LoginThrottle(
+            max_failures=settings.login_max_failures, window_seconds=settings.login_lockout_seconds
+        ),
+        idle_timeout=timedelta(seconds=settings.session_idle_timeout_seconds),
+        max_age=timedelta(seconds=settings.session_max_age_seconds),
+        check_ttl=settings.session_check_ttl_seconds,
+    )
 
 
 def _response_cache(settings: Settings) -> ResponseCache:

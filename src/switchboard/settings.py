@@ -44,6 +44,46 @@ class Settings(BaseSettings):
         description="Platform admin key for /admin/v1. When unset, one is generated at first "
         "start, printed once, and stored hashed.",
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs session access tokens (HS256; at least 32 characters). "
+        "When unset, a random one is generated at first start and kept in the database.",
+    )
+    access_token_ttl_seconds: int = Field(
+        default=900,
+        ge=10,
+        le=86_400,
+        description="Lifetime of a session access token (a JWT); refresh it before it ends.",
+    )
+    session_idle_timeout_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="A session not refreshed for this long is over; the user signs in again.",
+    )
+    session_max_age_seconds: int = Field(
+        default=12 * 3600,
+        ge=60,
+        description="Absolute lifetime of a session, however active it is.",
+    )
+    session_check_ttl_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long a worker trusts a session it has seen alive. A logout, a reused "
+        "refresh token or a disabled user stops the session's access tokens on every worker "
+        "within this time (at once on the worker that handled it).",
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed password sign-ins allowed per tenant, e-mail and client address "
+        "within the lockout window before that combination is refused with 429.",
+    )
+    login_lockout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="The window failed sign-ins are counted in, and how long a lockout lasts.",
+    )
     key_cache_ttl_seconds: float = Field(
         default=10.0,
         ge=0,

@@ -1,0 +1,80 @@
+"""Sign-in routes under /auth/v1: password login, refresh, logout, and who am I.
+
+Errors use OpenAI's error object, like /admin/v1. Every failed login gets the same 401
+``invalid_credentials`` whether the tenant, the e-mail or the password was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from switchboard.api.callers import client_info, session_principal
+from switchboard.api.context import runtime
+from switchboard.api.http import JSONResponse, read_json
+from switchboard.auth.sessions import user_view
+from switchboard.errors import InvalidRequest
+
+_BODY_LIMIT = 16 * 1024
+_NO_STORE = {"cache-control": "no-store"}
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    body = await read_json(request, _BODY_LIMIT)
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
+    return value
+
+
+async def login(request: Request) -> Response:
+    rt = runtime(request)
+    body = await _body(request)
+    tenant = _string(body, "tenant", required=False)
+    email, password = _string(body, "email"), _string(body, "password")
+    assert email is not None
+    assert password is not None
+    pair = await rt.sessions.login(tenant, email, password, client_info(request))
+    return JSONResponse(pair.as_json(), headers=_NO_STORE)
+
+
+async def refresh(request: Request) -> Response:
+    rt = runtime(request)
+    token = _string(await _body(request), "refresh_token")
+    assert token is not None
+    pair = await rt.sessions.refresh(token, client_info(request))
+    return JSONResponse(pair.as_json(), headers=_NO_STORE)
+
+
+async def logout(request: Request) -> Response:
+    rt = runtime(request)
+    principal = await session_principal(request, rt)
+    await rt.sessions.logout(principal, client_info(request))
+    return Response(status_code=204)
+
+
+async def me(request: Request) -> Response:
+    rt = runtime(request)
+    principal = await session_principal(request, rt)
+    assert principal.user_id is not None
+    user = await rt.platform.users.get(principal.tenant_id, principal.user_id)
+    return JSONResponse({**user_view(user), "session_id": principal.session_id})
+
+
+routes = [
+    Route("/auth/v1/login", login, methods=["POST"]),
+    Route("/auth/v1/refresh", refresh, methods=["POST"]),
+    Route("/auth/v1/logout", logout, methods=["POST"]),
+    Route("/auth/v1/me", me, methods=["GET"]),
+]
