@@ -141,12 +141,19 @@ def test_models_and_doctor(gateway: RunningGateway) -> None:
         "provider": "openai-fake",
         "model": "gpt-4o-mini",
         "locality": "external",
-        "price": {"input_per_1m": 0.15, "output_per_1m": 0.6},
+        "price": {
+            "version": "catalog:gpt-4o-mini@2024-01-01",
+            "effective_from": "2024-01-01",
+            "input_per_1m": 0.15,
+            "output_per_1m": 0.6,
+            "cached_input_per_1m": 0.075,
+            "cache_write_per_1m": 0.15,
+            "embeddings_per_1m": 0.15,
+        },
     }
-    assert models["llama-fake"]["deployments"][0]["price"] == {
-        "input_per_1m": 0.0,
-        "output_per_1m": 0.0,
-    }
+    llama_price = models["llama-fake"]["deployments"][0]["price"]
+    assert llama_price["version"] == "free:local"
+    assert (llama_price["input_per_1m"], llama_price["output_per_1m"]) == (0.0, 0.0)
     assert "sk-upstream-secret" not in gateway.admin("GET", "/admin/v1/models").text
     report = gateway.admin("GET", "/admin/v1/doctor").json()
     levels = {f["check"]: f["level"] for f in report["findings"]}

@@ -278,7 +278,7 @@ def test_cache_tokens_count_as_prompt_tokens() -> None:
         "prompt_tokens": 130,
         "completion_tokens": 4,
         "total_tokens": 134,
-        "prompt_tokens_details": {"cached_tokens": 100},
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20},
     }
 
 

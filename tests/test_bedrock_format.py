@@ -371,7 +371,7 @@ def test_cache_tokens_count_as_prompt_tokens() -> None:
         "prompt_tokens": 115,
         "completion_tokens": 4,
         "total_tokens": 119,
-        "prompt_tokens_details": {"cached_tokens": 100},
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 5},
     }
 
 

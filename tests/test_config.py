@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from switchboard.config import GatewayConfig, load_config, parse_config
+from switchboard.config import GatewayConfig, Price, load_config, parse_config
 from switchboard.errors import ConfigError
 from switchboard.settings import Settings
 
@@ -76,8 +76,7 @@ def test_valid_config_loads_every_field() -> None:
     price = config.models[1].deployments[0].price
     assert price is not None
     assert (price.input_per_1m, price.output_per_1m) == (1.5, 6.0)
-    assert config.prices["my-model"].input_per_1m == 0.5
-    assert config.prices["my-model"].output_per_1m == 0.0
+    assert config.prices["my-model"] == Price(input_per_1m=0.5)
 
 
 def test_load_config_reads_a_file(tmp_path: Path) -> None:

@@ -151,6 +151,8 @@ def test_event_mapping() -> None:
         "tokens_input": 100,
         "tokens_output": 20,
         "cost_usd": 0.0125,
+        "billed_amount": 0.0135,
+        "currency": "EUR",
         "user_id": "alice",
     }
     event = to_lago_event(row, "llm_tokens")
@@ -166,7 +168,8 @@ def test_event_mapping() -> None:
             "tokens_output": 20,
             "total_tokens": 120,
             "cost": 0.0125,
-            "billed_amount": 0.0125,
+            "billed_amount": 0.0135,
+            "currency": "EUR",
             "user": "alice",
         },
     }
@@ -267,7 +270,16 @@ async def test_existing_rows_are_queued_by_the_migration(fresh_url: str) -> None
         tenant_id = await tenant(database)
         old = usage(tenant_id, 3)
         # Rows as the ledger held them at 0002: without the columns later migrations added.
-        later = {"refusal_reason", "cached"}
+        later = {
+            "refusal_reason",
+            "cached",
+            "tokens_cached_input",
+            "tokens_cache_write",
+            "price_version",
+            "billed_amount",
+            "currency",
+            "plan_version",
+        }
         rows = [{k: v for k, v in e.as_row().items() if k not in later} for e in old]
         async with database.engine.begin() as conn:
             await conn.execute(sa.insert(usage_events), rows)

@@ -179,7 +179,8 @@ async def test_build_catalog_discovers_models(
         (deployment,) = catalog.deployments(name)
         assert deployment.provider is providers["local-ollama"]
         assert deployment.upstream_model == name
-        assert deployment.price == FREE
+        assert deployment.price is not None
+        assert deployment.price.current.price == FREE
         assert name in catalog.visible("local")
     assert set(catalog.names()) == {*upstream, "private", "priced"}
 
@@ -198,9 +199,16 @@ async def test_build_catalog_prices(
     discovered: tuple[ModelCatalog, dict[str, Provider]],
 ) -> None:
     catalog, _ = discovered
-    assert catalog.deployments("qwen2.5:7b")[0].price == Price(input_per_1m=2.5, output_per_1m=10.0)
-    assert catalog.deployments("private")[0].price is None  # external, unknown: flagged
-    assert catalog.deployments("priced")[0].price == Price(input_per_1m=1, output_per_1m=2)
+
+    def current(name: str) -> Price | None:
+        history = catalog.deployments(name)[0].price
+        return history.current.price if history is not None else None
+
+    gpt4o = current("qwen2.5:7b")
+    assert gpt4o is not None
+    assert (gpt4o.input_per_1m, gpt4o.output_per_1m) == (2.5, 10.0)
+    assert current("private") is None  # external, unknown: flagged
+    assert current("priced") == Price(input_per_1m=1, output_per_1m=2)
 
 
 async def test_unreachable_discovering_provider_is_skipped() -> None:

@@ -6,18 +6,18 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
 
-from switchboard.cli_billing import export_app, export_worker
+from switchboard.cli_billing import export_app, export_worker, plan_app, prices
+from switchboard.cli_billing import with_platform as _with_platform
 from switchboard.config import GatewayConfig, load_config
-from switchboard.errors import ConfigError, SwitchboardError
+from switchboard.errors import ConfigError
 from switchboard.metering import report
-from switchboard.platform import Platform, open_platform
+from switchboard.platform import Platform
 from switchboard.settings import Settings
 from switchboard.views import plain
 
@@ -28,6 +28,8 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(export_app, name="export")
 app.command("export-worker")(export_worker)
+app.add_typer(plan_app, name="plan")
+app.command("prices")(prices)
 
 T = TypeVar("T")
 ConfigOption = Annotated[
@@ -45,18 +47,6 @@ def _settings(config: Path | None = None) -> Settings:
     if config is not None:
         return Settings(config=config.resolve())
     return Settings()
-
-
-def _with_platform(fn: Callable[[Platform], Awaitable[T]]) -> T:
-    async def run() -> T:
-        async with open_platform(_settings()) as platform:
-            return await fn(platform)
-
-    try:
-        return asyncio.run(run())
-    except SwitchboardError as exc:
-        _fail(exc.message)
-        raise  # unreachable: _fail exits
 
 
 def _print_json(data: Any) -> None:

@@ -1,4 +1,5 @@
-"""`switchboard export-worker` and `switchboard export status|dead|redrive`: the Lago export.
+"""Billing commands: `switchboard plan show|set`, `switchboard prices`, and the Lago export
+(`switchboard export-worker`, `switchboard export status|dead|redrive`).
 
 The worker is the exporter on its own, for deployments that set
 ``SWITCHBOARD_EXPORT_IN_SERVER=false``; any number of workers (and gateway processes) can run
@@ -12,12 +13,17 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from pydantic import ValidationError
 
+from switchboard.config import GatewayConfig, Price, load_config
 from switchboard.errors import ConfigError, SwitchboardError
+from switchboard.metering.billing import PlanTerms, PlanVersion
 from switchboard.metering.export_ops import (
     backlog_view,
     build_exporter,
@@ -25,7 +31,8 @@ from switchboard.metering.export_ops import (
     export_queue,
 )
 from switchboard.metering.exporter import LagoExporter
-from switchboard.platform import open_platform
+from switchboard.metering.quotes import effective_prices
+from switchboard.platform import Platform, open_platform
 from switchboard.settings import Settings
 from switchboard.store import Database
 
@@ -33,6 +40,10 @@ log = logging.getLogger("switchboard.export")
 
 export_app = typer.Typer(
     help="Inspect the Lago usage export: backlog, dead letters, re-drive.", no_args_is_help=True
+)
+plan_app = typer.Typer(
+    help="Show and set tenant plans (markup, model prices, currency, allowance).",
+    no_args_is_help=True,
 )
 
 T = TypeVar("T")
@@ -50,23 +61,189 @@ def _print_json(data: Any) -> None:
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
-def _with_queue(fn: Callable[[LagoExporter], Awaitable[T]]) -> T:
-    """Run ``fn`` on the export queue of the migrated database the environment names."""
+def with_platform(fn: Callable[[Platform], Awaitable[T]]) -> T:
+    """Run ``fn`` on the migrated database the environment names; errors end the command."""
     settings = Settings()
 
     async def run() -> T:
         async with open_platform(settings) as platform:
-            queue = export_queue(platform.db, settings)
-            try:
-                return await fn(queue)
-            finally:
-                await queue.aclose()
+            return await fn(platform)
 
     try:
         return asyncio.run(run())
     except SwitchboardError as exc:
         _fail(exc.message)
         raise  # unreachable: _fail exits
+
+
+def _with_queue(fn: Callable[[LagoExporter], Awaitable[T]]) -> T:
+    """Run ``fn`` on the export queue of the migrated database the environment names."""
+    settings = Settings()
+
+    async def on(platform: Platform) -> T:
+        queue = export_queue(platform.db, settings)
+        try:
+            return await fn(queue)
+        finally:
+            await queue.aclose()
+
+    return with_platform(on)
+
+
+TenantOption = Annotated[str, typer.Option("--tenant", help="Tenant slug or id.")]
+
+
+def _print_plan(plan: PlanVersion) -> None:
+    view = plan.view()
+    for name in ("tenant_id", "version", "effective_from", "currency", "exchange_rate"):
+        typer.echo(f"{name:<18} {view.get(name) if view.get(name) is not None else '-'}")
+    typer.echo(f"{'markup_percent':<18} {view['markup_percent']:g}")
+    typer.echo(f"{'included_allowance':<18} {view['included_allowance']:g} {view['currency']}")
+    for model, price in sorted(view["model_prices"].items()):
+        rates = ", ".join(f"{k} {v:g}" for k, v in price.items() if v is not None)
+        typer.echo(f"{'model_price':<18} {model}: {rates}")
+
+
+@plan_app.command("show")
+def plan_show(tenant: TenantOption, as_json: JsonFlag = False) -> None:
+    """The tenant's plan in force now (the default plan, cost in USD, if none was set)."""
+
+    async def show(p: Platform) -> tuple[PlanVersion, list[PlanVersion]]:
+        owner = await p.tenants.get(tenant)
+        return await p.plans.at(owner.id), await p.plans.history(owner.id)
+
+    plan, history = with_platform(show)
+    if as_json:
+        _print_json({**plan.view(), "history": [v.view() for v in history]})
+    else:
+        _print_plan(plan)
+
+
+def _model_price(text: str) -> tuple[str, Price]:
+    """``MODEL=INPUT/OUTPUT`` (per 1M tokens, in the plan's currency)."""
+    model, _, rates = text.rpartition("=")
+    parts = rates.split("/")
+    usage = f"--model-price takes MODEL=INPUT/OUTPUT per 1M tokens, e.g. gpt-4o=3/12: {text!r}"
+    if not model or len(parts) != 2:
+        _fail(usage)
+    try:
+        return model, Price(input_per_1m=float(parts[0]), output_per_1m=float(parts[1]))
+    except ValueError:
+        _fail(usage)
+        raise  # unreachable
+
+
+@plan_app.command("set")
+def plan_set(
+    *,
+    tenant: TenantOption,
+    markup: Annotated[float | None, typer.Option(help="Markup percent over cost.")] = None,
+    currency: Annotated[str | None, typer.Option(help="ISO 4217 code, e.g. EUR.")] = None,
+    exchange_rate: Annotated[
+        float | None, typer.Option(help="Units of the currency per USD.")
+    ] = None,
+    allowance: Annotated[
+        float | None, typer.Option(help="Billed amount included each month.")
+    ] = None,
+    model_price: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=INPUT/OUTPUT fixed price per 1M tokens (repeatable)."),
+    ] = None,
+    clear_model_prices: Annotated[
+        bool, typer.Option(help="Drop the fixed model prices of the current plan.")
+    ] = False,
+    effective_from: Annotated[
+        str | None, typer.Option("--from", help="ISO 8601 time with offset (default: now).")
+    ] = None,
+) -> None:
+    """Add a plan version: the current terms with the options given changed."""
+    start = None
+    if effective_from is not None:
+        try:
+            start = datetime.fromisoformat(effective_from)
+        except ValueError:
+            _fail(f"--from must be an ISO 8601 time: {effective_from!r}")
+
+    async def put(p: Platform) -> PlanVersion:
+        owner = await p.tenants.get(tenant)
+        current = (await p.plans.at(owner.id)).terms.model_dump()
+        if clear_model_prices:
+            current["model_prices"] = {}
+        for text in model_price or []:
+            name, price = _model_price(text)
+            current["model_prices"][name] = price.model_dump()
+        changes = {
+            "markup_percent": markup,
+            "currency": currency,
+            "exchange_rate": exchange_rate,
+            "included_allowance": allowance,
+        }
+        current.update({k: v for k, v in changes.items() if v is not None})
+        if currency == "USD" and exchange_rate is None:
+            current["exchange_rate"] = 1.0
+        try:
+            terms = PlanTerms.model_validate(current)
+        except ValidationError as exc:
+            _fail(f"invalid plan: {exc.errors()[0]['msg']}")
+            raise  # unreachable
+        return await p.plans.put(owner.id, terms, effective_from=start)
+
+    version = with_platform(put)
+    typer.echo(
+        f"plan version {version.id} in force from {version.view()['effective_from']}", err=True
+    )
+    _print_plan(version)
+
+
+def prices(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Also show what this tenant is billed.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="One model name (or upstream model id).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML gateway config.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Effective prices per 1M tokens: the provider price version in force now, and billed."""
+    settings = Settings(config=config.resolve()) if config is not None else Settings()
+    try:
+        gateway_config = load_config(settings.resolved_config_path())
+    except ConfigError as exc:
+        _fail(exc.message, code=2)
+        raise  # unreachable
+
+    async def plan_of(p: Platform) -> PlanVersion | None:
+        if tenant is None:
+            return None
+        return await p.plans.at((await p.tenants.get(tenant)).id)
+
+    plan = with_platform(plan_of)
+    rows = effective_prices(gateway_config, model=model, plan=plan)
+    if as_json:
+        _print_json(rows)
+        return
+    _print_prices(rows, gateway_config)
+
+
+def _print_prices(rows: list[dict[str, Any]], _config: GatewayConfig) -> None:
+    header = f"{'model':<24} {'provider':<16} {'version':<40} {'in/1M':>9} {'out/1M':>9}"
+    billed = any("billed" in r for r in rows)
+    typer.echo(header + (f"  {'billed in/1M':>13} {'out/1M':>9} cur" if billed else ""))
+    for r in rows:
+        if not r["priced"]:
+            typer.echo(f"{r['model']:<24} {r['provider'] or '-':<16} NO PRICE (costs 0)")
+            continue
+        line = (
+            f"{r['model']:<24} {r['provider'] or '-':<16} {r['version']:<40} "
+            f"{r['input_per_1m']:>9g} {r['output_per_1m']:>9g}"
+        )
+        b = r.get("billed")
+        if b is not None and "input_per_1m" in b:
+            line += f"  {b['input_per_1m']:>13g} {b['output_per_1m']:>9g} {b['currency']}"
+        typer.echo(line)
 
 
 @export_app.command("status")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,10 +48,20 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    """USD per one million tokens."""
+    """USD per one million tokens; one version of a model's price (see metering/prices.yaml).
 
-    input_per_1m: float = Field(ge=0)
+    Input tokens include cache reads and writes: those are priced at ``cached_input_per_1m`` and
+    ``cache_write_per_1m`` when given, else at the input price. Embedding requests are priced at
+    ``embeddings_per_1m`` when given, else at the input price. ``effective_from`` (a date, 00:00
+    UTC) makes this a dated version; an undated price is in force for all time.
+    """
+
+    input_per_1m: float = Field(default=0.0, ge=0)
     output_per_1m: float = Field(default=0.0, ge=0)
+    cached_input_per_1m: float | None = Field(default=None, ge=0)
+    cache_write_per_1m: float | None = Field(default=None, ge=0)
+    embeddings_per_1m: float | None = Field(default=None, ge=0)
+    effective_from: date | None = None
 
 
 class ProviderConfig(_Strict):
@@ -150,8 +161,9 @@ class RouterConfig(_Strict):
 class GatewayConfig(_Strict):
     providers: list[ProviderConfig] = Field(default_factory=list)
     models: list[ModelConfig] = Field(default_factory=list)
-    prices: dict[str, Price] = Field(
-        default_factory=dict, description="Price overrides keyed by upstream model id."
+    prices: dict[str, Price | list[Price]] = Field(
+        default_factory=dict,
+        description="Price overrides keyed by upstream model id: one price, or dated versions.",
     )
     router: RouterConfig = Field(default_factory=RouterConfig)
     source: str = Field(default="<built-in defaults>", exclude=True)

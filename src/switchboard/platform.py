@@ -9,6 +9,7 @@ from switchboard.settings import Settings
 from switchboard.store import Database, KeyRepository, TenantRepository, UsageRepository
 from switchboard.store.audit import AuditRepository
 from switchboard.store.departments import DepartmentRepository
+from switchboard.store.plans import PlanRepository
 from switchboard.store.sessions import SessionRepository
 from switchboard.store.tenant_configs import TenantConfigRepository
 from switchboard.store.users import UserRepository
@@ -25,6 +26,7 @@ class Platform:
         self.users = UserRepository(db)
         self.sessions = SessionRepository(db)
         self.audit = AuditRepository(db)
+        self.plans = PlanRepository(db)
 
 
 @asynccontextmanager

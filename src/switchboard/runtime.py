@@ -24,6 +24,7 @@ from switchboard.gateway.cache import MemoryCache, RedisCache, ResponseCache
 from switchboard.gateway.limiting import TenantLimits
 from switchboard.limits import MemoryLimiter, RedisLimiter
 from switchboard.metering import PriceTable, UsageRecorder
+from switchboard.metering.billing import BillingSink
 from switchboard.metering.export_ops import build_exporter, export_queue
 from switchboard.metering.exporter import LagoExporter
 from switchboard.metering.spool import Spool
@@ -86,7 +87,7 @@ class Runtime:
         providers = {p.name: build_provider(p) for p in config.providers}
         catalog = await build_catalog(config, providers, PriceTable(config.prices))
         recorder = UsageRecorder(
-            platform.usage,
+            BillingSink(platform.usage, platform.plans),
             spool=Spool(settings.data_dir / "usage-spool.jsonl"),
             flush_interval=settings.usage_flush_interval_seconds,
             batch_size=settings.usage_batch_size,

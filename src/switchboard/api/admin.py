@@ -170,7 +170,7 @@ async def list_models(request: Request) -> Response:
                     "provider": d.provider.name,
                     "model": d.upstream_model,
                     "locality": d.locality,
-                    "price": d.price.model_dump() if d.price else None,
+                    "price": d.price.current.view() if d.price else None,
                 }
                 for d in catalog.deployments(name)
             ],

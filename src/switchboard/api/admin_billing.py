@@ -1,4 +1,5 @@
-"""The billing export under /admin/v1/export: backlog, dead letters, re-drive.
+"""Billing under /admin/v1: tenant plans, effective prices, and the Lago export (backlog,
+dead letters, re-drive).
 
 The export queue fills from the usage ledger whether or not Lago is configured, so these
 routes always answer; ``exporting`` says whether this worker runs the exporter itself.
@@ -7,6 +8,9 @@ Authenticated with the platform admin key, like the rest of /admin/v1.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,7 +18,9 @@ from starlette.routing import Route
 from switchboard.api.admin import _admin, _object
 from switchboard.api.http import JSONResponse
 from switchboard.errors import InvalidRequest
+from switchboard.metering.billing import PlanTerms
 from switchboard.metering.export_ops import backlog_view, dead_letter_view
+from switchboard.metering.quotes import effective_prices
 
 _MAX_DEAD = 1000
 
@@ -60,7 +66,56 @@ def _has_body(request: Request) -> bool:
     return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
 
 
+async def get_plan(request: Request) -> Response:
+    """The plan in force now, and every version (oldest first)."""
+    rt = await _admin(request)
+    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    current = await rt.platform.plans.at(tenant.id)
+    history = await rt.platform.plans.history(tenant.id)
+    return JSONResponse({**current.view(), "history": [v.view() for v in history]})
+
+
+async def put_plan(request: Request) -> Response:
+    """A new plan version: the terms (all of them; what is left out takes its default), in
+    force from ``effective_from`` (an ISO 8601 time with offset, now or later; default now)."""
+    rt = await _admin(request)
+    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    body = await _object(request)
+    start = body.pop("effective_from", None)
+    effective_from = None
+    if start is not None:
+        try:
+            effective_from = datetime.fromisoformat(str(start))
+        except ValueError as exc:
+            raise InvalidRequest(
+                "'effective_from' must be an ISO 8601 time", param="effective_from"
+            ) from exc
+    try:
+        terms = PlanTerms.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"invalid plan: {where}: {first['msg']}", param=where) from None
+    version = await rt.platform.plans.put(tenant.id, terms, effective_from=effective_from)
+    return JSONResponse(version.view())
+
+
+async def prices(request: Request) -> Response:
+    """Effective prices of the configured models (``model``), billed for ``tenant`` if given."""
+    rt = await _admin(request)
+    params = request.query_params
+    plan = None
+    if params.get("tenant"):
+        tenant = await rt.platform.tenants.get(params["tenant"])
+        plan = await rt.platform.plans.at(tenant.id)
+    rows = effective_prices(rt.config, model=params.get("model") or None, plan=plan)
+    return JSONResponse({"data": rows})
+
+
 routes = [
+    Route("/admin/v1/tenants/{tenant}/plan", get_plan, methods=["GET"]),
+    Route("/admin/v1/tenants/{tenant}/plan", put_plan, methods=["PUT"]),
+    Route("/admin/v1/prices", prices, methods=["GET"]),
     Route("/admin/v1/export", export_status, methods=["GET"]),
     Route("/admin/v1/export/dead", dead_letters, methods=["GET"]),
     Route("/admin/v1/export/redrive", redrive, methods=["POST"]),

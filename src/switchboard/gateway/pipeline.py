@@ -42,7 +42,7 @@ from switchboard.gateway.streams import (
 )
 from switchboard.gateway.tokens import estimate_input_tokens, estimate_prompt_tokens
 from switchboard.limits import MemoryLimiter
-from switchboard.metering.prices import cost_usd
+from switchboard.metering.charging import charge
 from switchboard.metering.recorder import UsageRecorder
 from switchboard.metering.usage import UsageEvent
 from switchboard.providers.base import JSON
@@ -193,7 +193,7 @@ class Gateway:
             event.tokens_estimated = True
             tokens_in = estimate_prompt_tokens(body["messages"])
             tokens_out = sum(_choice_tokens(c) for c in result.get("choices") or [])
-        _charge(event, deployment, int(tokens_in), int(tokens_out))
+        _charge(event, deployment, int(tokens_in), int(tokens_out), usage)
         if slot is not None:
             await self.cache.set(slot.key, result, slot.ttl)
         return result
@@ -247,9 +247,14 @@ class Gateway:
         return store
 
     def _settle_stream(
-        self, event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_out: int
+        self,
+        event: UsageEvent,
+        deployment: Deployment,
+        tokens_in: int,
+        tokens_out: int,
+        usage: JSON | None,
     ) -> None:
-        _charge(event, deployment, tokens_in, tokens_out)
+        _charge(event, deployment, tokens_in, tokens_out, usage)
         self.finish(event)
 
     async def embed(
@@ -269,11 +274,12 @@ class Gateway:
 
         deployment, result = await self._attempt(caller, event, body["model"], once)
         result["model"] = deployment.model
-        tokens = (result.get("usage") or {}).get("prompt_tokens")
+        usage = result.get("usage") or {}
+        tokens = usage.get("prompt_tokens")
         if tokens is None:
             event.tokens_estimated = True
             tokens = estimate_input_tokens(body["input"])
-        _charge(event, deployment, int(tokens), 0)
+        _charge(event, deployment, int(tokens), 0, usage)
         if slot is not None:
             await self.cache.set(slot.key, result, slot.ttl)
         return result
@@ -289,10 +295,11 @@ async def _within(call: Awaitable[T], seconds: float | None, deployment: Deploym
         raise UpstreamTimeout(f"{deployment.label} did not answer within {seconds} s") from None
 
 
-def _charge(event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_out: int) -> None:
-    event.tokens_input, event.tokens_output = tokens_in, tokens_out
-    if deployment.price is not None:
-        event.cost_usd = cost_usd(deployment.price, tokens_in, tokens_out)
+def _charge(
+    event: UsageEvent, deployment: Deployment, tokens_in: int, tokens_out: int, usage: JSON | None
+) -> None:
+    """Tokens and provider cost, at the deployment's price version of the request's time."""
+    charge(event, deployment.price, tokens_in, tokens_out, usage)
 
 
 def _chat_estimate(body: JSON) -> int:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from switchboard.config import BreakerConfig, GatewayConfig, Locality, Price, ProviderConfig
+from switchboard.config import BreakerConfig, GatewayConfig, Locality, ProviderConfig
 from switchboard.errors import NotFound, PermissionDenied, SwitchboardError
 from switchboard.gateway.breaker import CircuitBreaker
-from switchboard.metering.prices import PriceTable
+from switchboard.metering.prices import PriceHistory, PriceTable
 from switchboard.providers import Provider
 from switchboard.store.tenants import UsageMode
 
@@ -51,7 +51,7 @@ class Deployment:
     model: str
     provider: Provider
     upstream_model: str
-    price: Price | None  # None: an external model with no known price (costs 0, flagged)
+    price: PriceHistory | None  # None: an external model with no known price (costs 0, flagged)
     weight: float = 1.0
     timeouts: Timeouts = Timeouts()
     health: Health = field(default_factory=_fresh_health)
@@ -183,7 +183,7 @@ def _deployment(
     name: str,
     provider: Provider,
     upstream: str,
-    price: Price | None,
+    price: PriceHistory | None,
     *,
     pconf: ProviderConfig,
     breaker: BreakerConfig,

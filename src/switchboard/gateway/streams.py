@@ -113,7 +113,7 @@ class MeteredStream:
         upstream: Prefetched,
         body: JSON,
         include_usage: bool,
-        finish: Callable[[UsageEvent, Deployment, int, int], None],
+        finish: Callable[[UsageEvent, Deployment, int, int, JSON | None], None],
         on_complete: Callable[[list[JSON]], Awaitable[None]] | None = None,
     ) -> None:
         self.event = event
@@ -251,4 +251,4 @@ class MeteredStream:
             event.tokens_estimated = True
             tokens_in = estimate_prompt_tokens(self._body["messages"])
             tokens_out = self._deltas
-        self._finish(event, self._deployment, tokens_in, tokens_out)
+        self._finish(event, self._deployment, tokens_in, tokens_out, usage)

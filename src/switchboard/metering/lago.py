@@ -9,8 +9,9 @@ Mapping (one ledger row → one Lago event):
 * ``code`` is the configured billable metric code (``SWITCHBOARD_LAGO_METRIC_CODE``);
 * ``timestamp`` is the request time in whole Unix seconds;
 * ``properties``: model, provider, tokens_input, tokens_output, total_tokens, cost (our
-  ``cost_usd``), billed_amount and user (omitted when unknown). ``billed_amount`` equals
-  ``cost`` until price books with markups exist.
+  ``cost_usd``), billed_amount and currency (the tenant's plan applied; the billable metric
+  `switchboard.metering.lago_sync` creates sums ``billed_amount``) and user (omitted when
+  unknown).
 
 Client: ``POST {base_url}/api/v1/events/batch`` with ``Authorization: Bearer <key>``, at most
 `MAX_BATCH` events. Lago validates a batch as a whole: one invalid event rejects the batch
@@ -68,7 +69,8 @@ def to_lago_event(row: Mapping[str, Any], metric_code: str) -> dict[str, Any]:
         "tokens_output": tokens_out,
         "total_tokens": tokens_in + tokens_out,
         "cost": cost,
-        "billed_amount": cost,  # no markups yet: what we bill is what it cost
+        "billed_amount": float(row["billed_amount"]),
+        "currency": row["currency"],
     }
     if row.get("provider") is not None:
         properties["provider"] = row["provider"]

@@ -19,6 +19,8 @@ COLUMNS = (
     "tokens_input",
     "tokens_output",
     "cost_usd",
+    "billed_amount",
+    "currency",
     "latency_ms",
     "status",
     "attempts",
@@ -31,6 +33,10 @@ COLUMNS = (
     "route",
     "refusal_reason",
     "cached",
+    "tokens_cached_input",
+    "tokens_cache_write",
+    "price_version",
+    "plan_version",
 )
 FORMATS = ("table", "json", "csv")
 
@@ -54,7 +60,7 @@ def _cell(row: dict[str, Any], column: str, *, text: bool = True) -> Any:
     value = row.get(column)
     if isinstance(value, datetime):
         return value.isoformat()
-    if text and column == "cost_usd" and isinstance(value, float):
+    if text and column in ("cost_usd", "billed_amount") and isinstance(value, float):
         return f"{value:.8f}"
     return value
 
@@ -73,7 +79,7 @@ def as_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def as_table(rows: list[dict[str, Any]]) -> str:
-    columns = COLUMNS[:9]
+    columns = COLUMNS[:11]
     cells = [[str(_cell(r, c) if _cell(r, c) is not None else "") for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]

@@ -13,7 +13,9 @@ class UsageEvent:
 
     ``status`` is the HTTP status the client saw (499 when the client went away first);
     ``tokens_estimated`` says the counts were made by counting streamed chunks because the
-    upstream reported none.
+    upstream reported none. ``cost_usd`` and ``price_version`` are set on the request path
+    (`switchboard.metering.charging`); ``billed_amount``, ``currency`` and ``plan_version`` by
+    the ledger writer from the tenant's plan (`switchboard.metering.billing`).
     """
 
     request_id: str
@@ -29,7 +31,13 @@ class UsageEvent:
     tokens_input: int = 0
     tokens_output: int = 0
     tokens_estimated: bool = False
-    cost_usd: float = 0.0
+    tokens_cached_input: int = 0  # of tokens_input: read from the provider's prompt cache
+    tokens_cache_write: int = 0  # of tokens_input: written to the provider's prompt cache
+    cost_usd: float = 0.0  # what it cost the platform (provider prices, USD)
+    price_version: str | None = None  # the price book version cost_usd was computed with
+    billed_amount: float = 0.0  # what the tenant is billed, in `currency` (plan applied)
+    currency: str = "USD"
+    plan_version: int | None = None  # the tenant plan version billed_amount came from
     latency_ms: int = 0
     ttft_ms: int | None = None
     status: int = 200
@@ -59,7 +67,13 @@ class UsageEvent:
             "tokens_input": self.tokens_input,
             "tokens_output": self.tokens_output,
             "tokens_estimated": self.tokens_estimated,
+            "tokens_cached_input": self.tokens_cached_input,
+            "tokens_cache_write": self.tokens_cache_write,
             "cost_usd": self.cost_usd,
+            "price_version": self.price_version,
+            "billed_amount": self.billed_amount,
+            "currency": self.currency,
+            "plan_version": self.plan_version,
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
             "status": self.status,

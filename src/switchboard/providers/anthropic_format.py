@@ -214,11 +214,14 @@ def openai_usage(usage: Any) -> JSON:
     cache_write = int(usage.get("cache_creation_input_tokens") or 0)
     prompt = fresh + cache_read + cache_write
     completion = int(usage.get("output_tokens") or 0)
+    details: JSON = {"cached_tokens": cache_read}
+    if cache_write:  # metered apart: cache writes cost more than plain input
+        details["cache_write_tokens"] = cache_write
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
+        "prompt_tokens_details": details,
     }
 
 

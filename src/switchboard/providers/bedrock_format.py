@@ -269,8 +269,11 @@ def converse_usage(usage: Mapping[str, Any]) -> JSON:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    if cached:
-        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    if cached or written:
+        details: JSON = {"cached_tokens": cached}
+        if written:  # metered apart: cache writes cost more than plain input
+            details["cache_write_tokens"] = written
+        out["prompt_tokens_details"] = details
     return out
 
 

@@ -77,7 +77,26 @@ usage_events = Table(
     Column("route", Text, nullable=True),
     Column("refusal_reason", Text, nullable=True),
     Column("cached", Boolean, nullable=False, server_default=false()),
+    # migration 0006: price books and plans
+    Column("tokens_cached_input", BigInteger, nullable=False, server_default="0"),
+    Column("tokens_cache_write", BigInteger, nullable=False, server_default="0"),
+    Column("price_version", String(200), nullable=True),
+    Column("billed_amount", Float, nullable=False, server_default="0"),
+    Column("currency", String(3), nullable=False, server_default="USD"),
+    Column("plan_version", Integer, nullable=True),
     Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),
+)
+
+# Tenant plan versions (migration 0006): each in force from `effective_from` until the next.
+tenant_plans = Table(
+    "tenant_plans",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("terms", Text, nullable=False),  # PlanTerms, as JSON
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_tenant_plans_tenant_from", "tenant_id", "effective_from"),
 )
 
 # Export bookkeeping for the ledger (migration 0003): a trigger adds a 'pending' row for every
