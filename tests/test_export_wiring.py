@@ -176,7 +176,7 @@ def test_requests_reach_lago_exactly_once_under_their_request_id(
         assert {e["external_subscription_id"] for e in events.values()} == {
             f"sb_{tenant_id(gw, 'billed')}"
         }
-        assert {e["code"] for e in events.values()} == {"llm_tokens"}
+        assert {e["code"] for e in events.values()} == {"llm_usage"}
         first = events[ids[0]]["properties"]
         assert first["model"] == "gpt-fake"
         assert first["provider"] == "openai-fake"

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
-from switchboard.cli_billing import export_app, export_worker, plan_app, prices
+from switchboard.cli_billing import export_app, export_worker, lago_app, plan_app, prices
 from switchboard.cli_billing import with_platform as _with_platform
 from switchboard.config import GatewayConfig, load_config
 from switchboard.errors import ConfigError
@@ -29,6 +29,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(export_app, name="export")
 app.command("export-worker")(export_worker)
 app.add_typer(plan_app, name="plan")
+app.add_typer(lago_app, name="lago")
 app.command("prices")(prices)
 
 T = TypeVar("T")

@@ -31,6 +31,8 @@ from switchboard.metering.export_ops import (
     export_queue,
 )
 from switchboard.metering.exporter import LagoExporter
+from switchboard.metering.lago_sync import LagoApi, SyncReport
+from switchboard.metering.lago_sync import sync as sync_lago
 from switchboard.metering.quotes import effective_prices
 from switchboard.platform import Platform, open_platform
 from switchboard.settings import Settings
@@ -41,6 +43,7 @@ log = logging.getLogger("switchboard.export")
 export_app = typer.Typer(
     help="Inspect the Lago usage export: backlog, dead letters, re-drive.", no_args_is_help=True
 )
+lago_app = typer.Typer(help="Set Lago up for the usage export.", no_args_is_help=True)
 plan_app = typer.Typer(
     help="Show and set tenant plans (markup, model prices, currency, allowance).",
     no_args_is_help=True,
@@ -244,6 +247,35 @@ def _print_prices(rows: list[dict[str, Any]], _config: GatewayConfig) -> None:
         if b is not None and "input_per_1m" in b:
             line += f"  {b['input_per_1m']:>13g} {b['output_per_1m']:>9g} {b['currency']}"
         typer.echo(line)
+
+
+@lago_app.command("sync")
+def lago_sync(as_json: JsonFlag = False) -> None:
+    """Create or update, in Lago, the billable metric and each tenant's customer, plan and
+    subscription (sb_<tenant id>). Safe to run again: only what differs is written."""
+    settings = Settings()
+    key = settings.lago_api_key.get_secret_value() if settings.lago_api_key else ""
+    if not settings.lago_url or not key.strip():
+        _fail("lago sync needs SWITCHBOARD_LAGO_URL and SWITCHBOARD_LAGO_API_KEY", code=2)
+    url = str(settings.lago_url)
+
+    async def run(p: Platform) -> SyncReport:
+        tenants = [(t, await p.plans.at(t.id)) for t in await p.tenants.list()]
+        api = LagoApi(url, key)
+        try:
+            return await sync_lago(api, settings.lago_metric_code, tenants)
+        finally:
+            await api.aclose()
+
+    report = with_platform(run)
+    if as_json:
+        _print_json(report.view())
+        return
+    for name in report.created:
+        typer.echo(f"created    {name}")
+    for name in report.updated:
+        typer.echo(f"updated    {name}")
+    typer.echo(f"unchanged  {report.unchanged}", err=True)
 
 
 @export_app.command("status")

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         default=None, description="Lago API key, sent as 'Authorization: Bearer <key>'."
     )
     lago_metric_code: str = Field(
-        default="llm_tokens",
+        default="llm_usage",
         description="Code of the Lago billable metric every exported usage event carries.",
     )
     export_interval_seconds: float = Field(
