@@ -19,6 +19,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from fakes import anthropic_upstream, bedrock_upstream, ollama_upstream, openai_upstream
 from fakes.server import ServerThread
@@ -27,6 +29,20 @@ from switchboard.config import GatewayConfig, parse_config
 from switchboard.platform import Platform
 from switchboard.settings import Settings
 from switchboard.store import Database
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+async def redis_or_fail(why: str) -> Redis:
+    """A client of the local Redis, or a loud failure (never a skip) when it is not there."""
+    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        pytest.fail(f"Redis is required at {REDIS_URL} for {why}: {exc}", pytrace=False)
+    return client
+
 
 PG_ADMIN_DSN = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -179,6 +195,8 @@ models:
     deployments: [{{provider: openai-fake, model: cut-3}}]
   - name: stall
     deployments: [{{provider: openai-fake, model: stall}}]
+  - name: leaky
+    deployments: [{{provider: openai-fake, model: leak}}]
   - name: ollama-cut
     deployments: [{{provider: ollama-fake, model: cut-3}}]
   - name: ollama-stall

@@ -11,11 +11,11 @@ import pytest
 from switchboard.policy import (
     GuardrailPolicy,
     RefusalRule,
-    StreamRedactor,
     guard_prompt,
     guardrails,
     pii,
 )
+from switchboard.policy.response_guard import StreamScreen, TextScreen, screen_completion
 
 VALID_CARD = "4111 1111 1111 1111"  # the Visa test number: Luhn-valid
 INVALID_CARD = "4111 1111 1111 1112"
@@ -216,14 +216,70 @@ def test_stream_redaction_catches_pii_split_across_chunks(size: int) -> None:
         "Sure. Contact jane.doe@example.com or pay with 4111 1111 1111 1111; "
         "IBAN DE89 3704 0044 0532 0130 00. Thanks!"
     )
-    redactor = StreamRedactor(("email", "credit_card", "iban"))
+    redactor = TextScreen({"email": "redact", "credit_card": "redact", "iban": "redact"})
     out = "".join(redactor.feed(text[i : i + size]) for i in range(0, len(text), size))
     out += redactor.flush()
     assert out == "Sure. Contact [EMAIL] or pay with [CREDIT_CARD]; IBAN [IBAN]. Thanks!"
 
 
 def test_stream_redaction_holds_back_no_more_than_its_window() -> None:
-    redactor = StreamRedactor(("email",), hold=10)
+    redactor = TextScreen({"email": "redact"}, hold=10)
     emitted = redactor.feed("x" * 25)
     assert emitted == "x" * 15
     assert redactor.flush() == "x" * 10
+
+
+def test_a_block_kind_withholds_the_rest_and_never_leaks_a_piece() -> None:
+    text = "Your card is 4111 1111 1111 1111, keep it safe. More text follows here."
+    for size in (1, 5, 13, 100):
+        screen = TextScreen({"credit_card": "block", "email": "redact"})
+        out = "".join(screen.feed(text[i : i + size]) for i in range(0, len(text), size))
+        out += screen.flush()
+        assert "4111" not in out
+        assert "1111" not in out
+        assert out.endswith("(credit_card).]")
+        assert screen.blocked == "credit_card"
+        assert screen.findings == ["pii:credit_card:block"]
+
+
+def test_logged_kinds_pass_and_are_recorded() -> None:
+    screen = TextScreen({"email": "log"})
+    assert screen.feed("mail me at a@example.com") + screen.flush() == "mail me at a@example.com"
+    assert screen.findings == ["pii:email:log"]
+
+
+def test_whole_answers_are_screened_per_choice() -> None:
+    answer: dict[str, Any] = {
+        "choices": [
+            {"index": 0, "message": {"content": "a@example.com"}, "finish_reason": "stop"},
+            {"index": 1, "message": {"content": "IBAN DE89 3704 0044 0532 0130 00"}},
+            {"index": 2, "message": {"content": None, "tool_calls": []}},
+        ]
+    }
+    findings = screen_completion({"email": "redact", "iban": "block"}, answer)
+    assert answer["choices"][0]["message"]["content"] == "[EMAIL]"
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert "DE89" not in answer["choices"][1]["message"]["content"]
+    assert answer["choices"][1]["finish_reason"] == "content_filter"
+    assert findings == ["pii:email:redact", "pii:iban:block"]
+
+
+def test_streamed_chunks_are_screened_per_choice_and_flushed_at_the_finish() -> None:
+    screen = StreamScreen({"email": "redact"})
+    text = "write to jane.doe@example.com today"
+
+    def chunk(index: int, content: str | None, finish: str | None = None) -> dict[str, Any]:
+        delta = {} if content is None else {"content": content}
+        return {"choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+    out: dict[int, str] = {0: "", 1: ""}
+    for i in range(0, len(text), 4):
+        for index in (0, 1):
+            for c in screen.batch([chunk(index, text[i : i + 4])]):
+                out[index] += c["choices"][0]["delta"].get("content", "")
+    for index in (0, 1):
+        [done] = screen.batch([chunk(index, None, "stop")])
+        out[index] += done["choices"][0]["delta"].get("content", "")
+        assert done["choices"][0]["finish_reason"] == "stop"
+    assert out == {0: "write to [EMAIL] today", 1: "write to [EMAIL] today"}
+    assert screen.findings == ["pii:email:redact", "pii:email:redact"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from conftest import REDIS_URL, redis_or_fail
 from switchboard.errors import RateLimited
 from switchboard.limits import (
     Decision,
@@ -37,7 +37,6 @@ from switchboard.limits import (
     user_scope,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1: refused at once
 
 RPM5 = Rule("requests", 5, 60)
@@ -66,13 +65,7 @@ class Harness:
 
 
 async def _redis_or_fail() -> Redis:
-    client = Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        pytest.fail(f"Redis is required at {REDIS_URL} for the limiter tests: {exc}", pytrace=False)
-    return client
+    return await redis_or_fail("the limiter tests")
 
 
 async def _delete_prefix(client: Redis, prefix: str) -> None:
@@ -279,6 +272,7 @@ async def test_concurrent_slots_are_acquired_and_released(h: Harness) -> None:
     assert await h.limiter.acquire(KEY, 2, 30)
     assert await h.limiter.acquire(KEY, 2, 30)
     assert not await h.limiter.acquire(KEY, 2, 30)
+    assert not await h.limiter.acquire(KEY, 2, 30)  # a refusal gives nothing back
     assert await h.limiter.acquire(key_scope("other"), 2, 30)  # scopes are independent
     await h.limiter.release(KEY)
     assert await h.limiter.acquire(KEY, 2, 30)

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from switchboard.api import admin, admin_billing, auth_sessions, health
+from switchboard.api import admin, admin_billing, admin_limits, auth_sessions, health
 from switchboard.api.anthropic import AnthropicSurface
 from switchboard.api.errors import EXCEPTION_HANDLERS
 from switchboard.api.ollama import OllamaSurface
@@ -73,7 +73,13 @@ def create_app(
             await app.state.runtime.stop()
 
     framework = Starlette(
-        routes=[*health.routes, *auth_sessions.routes, *admin.routes, *admin_billing.routes],
+        routes=[
+            *health.routes,
+            *auth_sessions.routes,
+            *admin.routes,
+            *admin_billing.routes,
+            *admin_limits.routes,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -14,6 +14,7 @@ import typer
 
 from switchboard.cli_billing import export_app, export_worker, lago_app, plan_app, prices
 from switchboard.cli_billing import with_platform as _with_platform
+from switchboard.cli_limits import policy_app
 from switchboard.config import GatewayConfig, load_config
 from switchboard.errors import ConfigError
 from switchboard.metering import report
@@ -26,6 +27,7 @@ tenant_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 key_app = typer.Typer(help="Create, list and revoke tenant API keys.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
+key_app.add_typer(policy_app, name="policy")
 app.add_typer(export_app, name="export")
 app.command("export-worker")(export_worker)
 app.add_typer(plan_app, name="plan")

@@ -15,6 +15,7 @@ with ``raise ... from exc``.
     │   ├── NotFound                     unknown model, tenant, key               404
     │   ├── PayloadTooLarge              body over the configured limit           413
     │   └── RateLimited                  slow down (upstream or our own limits)   429
+    │       └── BudgetExceeded           the monthly budget is spent              429
     └── UpstreamError                    the model provider failed                5xx
         ├── UpstreamUnavailable          connect refused, reset, bad reply        502
         ├── UpstreamRejected             the provider refused our request         502
@@ -88,6 +89,14 @@ class RateLimited(ClientError):
         super().__init__(message, code=code)
         self.retry_after = retry_after
         self.headers: list[tuple[bytes, bytes]] = []  # e.g. x-ratelimit-* from our limits
+
+
+class BudgetExceeded(RateLimited):
+    """A monthly budget (tenant, key or user) cannot cover the request's worst-case cost.
+    Shaped like OpenAI's own quota error (429, ``insufficient_quota``), code ``budget_exceeded``."""
+
+    error_type = "insufficient_quota"
+    code = "budget_exceeded"
 
 
 class UpstreamError(SwitchboardError):

@@ -9,6 +9,7 @@ from switchboard.settings import Settings
 from switchboard.store import Database, KeyRepository, TenantRepository, UsageRepository
 from switchboard.store.audit import AuditRepository
 from switchboard.store.departments import DepartmentRepository
+from switchboard.store.key_policies import KeyPolicyRepository
 from switchboard.store.plans import PlanRepository
 from switchboard.store.sessions import SessionRepository
 from switchboard.store.tenant_configs import TenantConfigRepository
@@ -27,6 +28,7 @@ class Platform:
         self.sessions = SessionRepository(db)
         self.audit = AuditRepository(db)
         self.plans = PlanRepository(db)
+        self.key_policies = KeyPolicyRepository(db)
 
 
 @asynccontextmanager

@@ -20,9 +20,11 @@ from switchboard.auth.tokens import AccessTokens, session_secret
 from switchboard.config import GatewayConfig
 from switchboard.errors import ConfigError
 from switchboard.gateway import Gateway, Router, build_catalog
+from switchboard.gateway.budget_alerts import WebhookNotifier
 from switchboard.gateway.cache import MemoryCache, RedisCache, ResponseCache
-from switchboard.gateway.limiting import TenantLimits
+from switchboard.gateway.limiting import RequestLimits, Subject
 from switchboard.limits import MemoryLimiter, RedisLimiter
+from switchboard.limits.budgets import BudgetStore, MemoryBudgets, RedisBudgets
 from switchboard.metering import PriceTable, UsageRecorder
 from switchboard.metering.billing import BillingSink
 from switchboard.metering.export_ops import build_exporter, export_queue
@@ -32,6 +34,7 @@ from switchboard.platform import Platform
 from switchboard.providers import Provider, build_provider
 from switchboard.settings import Settings
 from switchboard.store import Database
+from switchboard.store.spend import monthly_spend
 
 log = logging.getLogger("switchboard")
 
@@ -66,6 +69,7 @@ class Runtime:
     export: LagoExporter
     export_task: asyncio.Task[None] | None = None
     export_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    notifier: WebhookNotifier | None = None
 
     @classmethod
     async def start(cls, settings: Settings, config: GatewayConfig) -> Runtime:
@@ -84,6 +88,7 @@ class Runtime:
         platform = Platform(db)
         auditor = Auditor(platform.audit)
         sessions = _sessions(settings, platform, auditor, await _signing_key(db, settings))
+        notifier = WebhookNotifier(settings.budget_webhook_url)
         providers = {p.name: build_provider(p) for p in config.providers}
         catalog = await build_catalog(config, providers, PriceTable(config.prices))
         recorder = UsageRecorder(
@@ -109,18 +114,20 @@ class Runtime:
                 Router(catalog, config.router),
                 recorder,
                 _response_cache(settings),
-                TenantLimits(
-                    RedisLimiter(settings.limits_url) if settings.limits_url else MemoryLimiter()
-                ),
+                _request_limits(settings, platform, notifier),
             ),
             keys=KeyAuthenticator(
-                platform.keys, ttl=settings.key_cache_ttl_seconds, configs=platform.configs
+                platform.keys,
+                ttl=settings.key_cache_ttl_seconds,
+                configs=platform.configs,
+                policies=platform.key_policies,
             ),
             admin=AdminAuthenticator(db, configured_admin),
             recorder=recorder,
             auditor=auditor,
             sessions=sessions,
             export=exporter or export_queue(db, settings),
+            notifier=notifier,
         )
         if exporter is not None and settings.export_in_server:
             rt.export_task = asyncio.create_task(
@@ -137,6 +144,8 @@ class Runtime:
         await self._stop_export()  # bounded, never raises: the recorder below still drains
         await self.gateway.cache.aclose()
         await self.gateway.limits.aclose()
+        if self.notifier is not None:
+            await self.notifier.aclose()
         await self.recorder.stop()
         for provider in self.providers.values():
             await provider.aclose()
@@ -187,3 +196,34 @@ def _response_cache(settings: Settings) -> ResponseCache:
     if settings.cache_url:
         return RedisCache(settings.cache_url)
     return MemoryCache(max_entries=settings.cache_max_entries)
+
+
+def _request_limits(
+    settings: Settings, platform: Platform, notifier: WebhookNotifier
+) -> RequestLimits:
+    """Rates and leases in Redis when ``limits_url`` is set (budgets too), else in process."""
+    limiter: MemoryLimiter | RedisLimiter
+    budgets: BudgetStore
+    if settings.limits_url:
+        limiter = RedisLimiter(settings.limits_url)
+        budgets = RedisBudgets(limiter)
+    else:
+        limiter, budgets = MemoryLimiter(), MemoryBudgets()
+
+    async def spend(subject: Subject, month: str) -> float:
+        return await monthly_spend(
+            platform.db,
+            subject.tenant_id,
+            month,
+            key_id=subject.key_id,
+            user_id=subject.user_id,
+        )
+
+    return RequestLimits(
+        limiter,
+        budgets,
+        spend=spend,
+        notify=notifier,
+        lease_seconds=settings.limits_lease_seconds,
+        default_max_tokens=settings.budget_default_max_tokens,
+    )

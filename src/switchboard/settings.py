@@ -143,6 +143,22 @@ class Settings(BaseSettings):
         description="Redis URL for rate limits shared by every replica (redis://host:6379/0). "
         "Unset: limits are counted in each worker process.",
     )
+    limits_lease_seconds: float = Field(
+        default=900,
+        gt=0,
+        description="How long a concurrency slot is held at most if its worker dies; must exceed "
+        "the longest request.",
+    )
+    budget_default_max_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Completion tokens a budget reserves for a request that sets no max_tokens.",
+    )
+    budget_webhook_url: str | None = Field(
+        default=None,
+        description="URL that receives every budget alert (threshold crossed, budget exceeded) "
+        "as a JSON POST, for every tenant.",
+    )
     cache_url: str | None = Field(
         default=None,
         description="Redis URL for the response cache, shared by every replica "

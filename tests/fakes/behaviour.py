@@ -9,6 +9,8 @@ Trigger models (matched against the whole upstream ``model`` string):
   non-stream: a 30 s pause.  Pauses end early when the client disconnects.
 * ``cut-<n>``      - stream: ``n`` content chunks, then the connection is dropped
   (no final chunk, no ``[DONE]`` / ``done: true``).
+* ``leak``         - (OpenAI fake) answer :data:`LEAK_TEXT`, personal data the prompt never
+  had, for tests of guardrails on answers.
 
 Any other model replies normally:
 
@@ -43,6 +45,10 @@ STALL_SECONDS = 30.0
 TOOL_ARGUMENTS: dict[str, str] = {"location": "Paris"}
 TOOL_CALL_TOKENS = 5
 EMBEDDING_DIMS = 8
+LEAK_TEXT = (
+    "Sure. Write to jane.doe@example.com or pay with 4111 1111 1111 1111; "
+    "IBAN DE89 3704 0044 0532 0130 00. Thanks!"
+)
 
 _ERROR = re.compile(r"error-(\d{3})")
 _SLOW = re.compile(r"slow-(\d+)")
@@ -125,9 +131,18 @@ def content_text(content: object) -> str:
     return ""
 
 
+def _prompt_tokens(dicts: Sequence[Mapping[str, Any]]) -> int:
+    return max(1, sum(count_words(content_text(m.get("content"))) for m in dicts))
+
+
+def leak_reply(messages: Sequence[Any]) -> Reply:
+    dicts = [m for m in messages if isinstance(m, Mapping)]
+    return Reply(LEAK_TEXT, None, _prompt_tokens(dicts), count_words(LEAK_TEXT))
+
+
 def build_reply(messages: Sequence[Any], tools: object = None) -> Reply:
     dicts = [m for m in messages if isinstance(m, Mapping)]
-    prompt_tokens = max(1, sum(count_words(content_text(m.get("content"))) for m in dicts))
+    prompt_tokens = _prompt_tokens(dicts)
     last = dicts[-1] if dicts else {}
     tool_name = _first_tool_name(tools)
     if last.get("role") == "tool":

@@ -25,6 +25,7 @@ from .behaviour import (
     embedding_dims,
     embedding_vector,
     error_message,
+    leak_reply,
     new_id,
     parse_trigger,
     pause,
@@ -105,7 +106,9 @@ def create_app(api_key: str | None = None) -> Starlette:
             id=new_id("chatcmpl-"),
             model=body["model"],
             n=n,
-            reply=build_reply(messages, body.get("tools")),
+            reply=leak_reply(messages)
+            if body["model"] == "leak"
+            else build_reply(messages, body.get("tools")),
             # "no-usage" plays a server that ignores stream_options.include_usage
             include_usage=_include_usage(body) and body["model"] != "no-usage",
         )

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 from switchboard.errors import AuthenticationFailed, PermissionDenied
+from switchboard.policy.limit_set import NO_KEY_POLICY, KeyPolicy
 from switchboard.policy.tenant_config import TenantConfig
+from switchboard.store.key_policies import KeyPolicyRepository
 from switchboard.store.keys import ApiKey, KeyRepository, hash_secret
 from switchboard.store.tenant_configs import TenantConfigRepository
 from switchboard.store.tenants import Tenant
@@ -25,6 +27,8 @@ class Caller:
     key: ApiKey
     tenant: Tenant
     config: TenantConfig = field(default_factory=TenantConfig)
+    # The key's own limits, budget and allowed models (shared, never mutated).
+    policy: KeyPolicy = field(default_factory=lambda: NO_KEY_POLICY)
 
 
 @dataclass(slots=True)
@@ -42,10 +46,12 @@ class KeyAuthenticator:
         *,
         ttl: float,
         configs: TenantConfigRepository | None = None,
+        policies: KeyPolicyRepository | None = None,
         max_entries: int = 100_000,
     ) -> None:
         self._keys = keys
         self._configs = configs
+        self._policies = policies
         self._ttl = ttl
         self._max = max_entries
         self._cache: dict[str, _Entry] = {}
@@ -76,8 +82,11 @@ class KeyAuthenticator:
         else:
             key, tenant = found
             config = await self._configs.get(tenant.id) if self._configs else TenantConfig()
+            policy = (
+                await self._policies.get(tenant.id, key.id) if self._policies else NO_KEY_POLICY
+            )
             entry = _Entry(
-                Caller(key, tenant, config),
+                Caller(key, tenant, config, policy),
                 fresh_until,
                 key.expires_at.timestamp() if key.expires_at else None,
                 revoked=key.revoked_at is not None,

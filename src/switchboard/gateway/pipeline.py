@@ -24,13 +24,15 @@ from switchboard.auth.keys import Caller
 from switchboard.errors import SwitchboardError, UpstreamTimeout
 from switchboard.gateway.assemble import assemble, replay
 from switchboard.gateway.cache import MemoryCache, ResponseCache, allows_cache, cache_key
-from switchboard.gateway.limiting import TenantLimits
+from switchboard.gateway.limiting import Demand, RequestLimits, WorstPrice
 from switchboard.gateway.router import Attempts, Router
 from switchboard.gateway.routing import Deployment, ModelCatalog
 from switchboard.gateway.screening import (
     check_model,
     refusal_completion,
     screen,
+    screen_answer,
+    screen_stream,
     visible_models,
 )
 from switchboard.gateway.streams import (
@@ -85,12 +87,12 @@ class Gateway:
         router: Router,
         recorder: UsageRecorder,
         cache: ResponseCache | None = None,
-        limits: TenantLimits | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.router = router
         self.recorder = recorder
         self.cache: ResponseCache = cache or MemoryCache()
-        self.limits = limits or TenantLimits(MemoryLimiter())
+        self.limits = limits or RequestLimits(MemoryLimiter())
 
     def visible_models(self, caller: Caller) -> list[str]:
         return visible_models(self.catalog, caller)
@@ -119,6 +121,24 @@ class Gateway:
     @property
     def catalog(self) -> ModelCatalog:
         return self.router.catalog
+
+    def _worst_price(self, caller: Caller, model: str) -> Callable[[], WorstPrice]:
+        """The dearest price the model and its fallbacks could serve this tenant at."""
+
+        def worst() -> WorstPrice:
+            mode = caller.tenant.usage_mode
+            prices = [
+                d.price.current.price
+                for route in self.catalog.chain(model, mode)
+                for d in route.allowed(mode)
+                if d.price is not None
+            ]
+            return WorstPrice(
+                max((p.input_per_1m for p in prices), default=0.0),
+                max((p.output_per_1m for p in prices), default=0.0),
+            )
+
+        return worst
 
     @contextmanager
     def metered(self, caller: Caller, endpoint: str) -> Iterator[UsageEvent]:
@@ -170,7 +190,10 @@ class Gateway:
         self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
     ) -> JSON:
         event.model = body["model"]
-        await self.limits.admit(caller, event, lambda: _chat_estimate(body))
+        check_model(caller, body["model"])  # a request it may not make costs no limits
+        await self.limits.admit(
+            caller, event, lambda: _chat_demand(body), self._worst_price(caller, body["model"])
+        )
         screened = screen(caller, body)
         if screened.refusal is not None:
             event.refusal_reason = screened.refusal
@@ -179,7 +202,7 @@ class Gateway:
         slot = self._cache_slot(caller, "chat", body, cache_control)
         hit = await self._cached(slot, event, body["model"])
         if hit is not None:
-            return hit
+            return screen_answer(caller, hit, event.request_id)
 
         async def once(d: Deployment) -> JSON:
             call = d.provider.chat({**body, "model": d.upstream_model})
@@ -194,6 +217,7 @@ class Gateway:
             tokens_in = estimate_prompt_tokens(body["messages"])
             tokens_out = sum(_choice_tokens(c) for c in result.get("choices") or [])
         _charge(event, deployment, int(tokens_in), int(tokens_out), usage)
+        screen_answer(caller, result, event.request_id)
         if slot is not None:
             await self.cache.set(slot.key, result, slot.ttl)
         return result
@@ -208,7 +232,10 @@ class Gateway:
         cache_control: str | None = None,
     ) -> ClientStream:
         event.model = body["model"]
-        await self.limits.admit(caller, event, lambda: _chat_estimate(body))
+        check_model(caller, body["model"])  # a request it may not make costs no limits
+        await self.limits.admit(
+            caller, event, lambda: _chat_demand(body), self._worst_price(caller, body["model"])
+        )
         screened = screen(caller, body)
         if screened.refusal is not None:
             event.refusal_reason = screened.refusal
@@ -218,7 +245,8 @@ class Gateway:
         slot = self._cache_slot(caller, "chat", body, cache_control)
         hit = await self._cached(slot, event, body["model"])
         if hit is not None:
-            return self._canned(event, hit, include_usage)
+            canned = self._canned(event, hit, include_usage)
+            return screen_stream(caller, canned, event.request_id)
 
         async def once(d: Deployment) -> Prefetched:
             upstream_body = {**body, "model": d.upstream_model}
@@ -226,7 +254,7 @@ class Gateway:
 
         deployment, upstream = await self._attempt(caller, event, body["model"], once)
         event.stream = True  # from here on the stream owns the event and records it
-        return MeteredStream(
+        metered = MeteredStream(
             event=event,
             deployment=deployment,
             upstream=upstream,
@@ -235,6 +263,7 @@ class Gateway:
             finish=self._settle_stream,
             on_complete=self._store(slot) if slot is not None else None,
         )
+        return screen_stream(caller, metered, event.request_id)
 
     def _canned(self, event: UsageEvent, answer: JSON, include_usage: bool) -> CannedStream:
         event.stream = True  # the stream records the event when it closes
@@ -261,8 +290,13 @@ class Gateway:
         self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
     ) -> JSON:
         event.model = body["model"]
-        await self.limits.admit(caller, event, lambda: estimate_input_tokens(body["input"]))
         check_model(caller, body["model"])
+        await self.limits.admit(
+            caller,
+            event,
+            lambda: Demand(estimate_input_tokens(body["input"]), 0),
+            self._worst_price(caller, body["model"]),
+        )
         slot = self._cache_slot(caller, "embeddings", body, cache_control)
         hit = await self._cached(slot, event, body["model"])
         if hit is not None:
@@ -302,10 +336,10 @@ def _charge(
     charge(event, deployment.price, tokens_in, tokens_out, usage)
 
 
-def _chat_estimate(body: JSON) -> int:
+def _chat_demand(body: JSON) -> Demand:
     """What a chat request may use at most, as far as we can tell before it runs."""
-    cap = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-    return estimate_prompt_tokens(body["messages"]) + int(cap)
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    return Demand(estimate_prompt_tokens(body["messages"]), int(cap) if cap else None)
 
 
 def _choice_tokens(choice: dict[str, Any]) -> int:

@@ -77,6 +77,7 @@ class MemoryLimiter:
         now = self._clock()
         leases = self._live(scope, now)
         if len(leases) >= limit:
+            self._leases[scope] = leases  # _live took them out: put them back
             return False
         leases.append(now + ttl_seconds)
         self._leases[scope] = leases

@@ -197,8 +197,17 @@ class RedisLimiter:
             del self._leases[scope]
         await self._guard("release", self._redis.zrem(self.lease_key(scope), lease), None)
 
+    @property
+    def redis(self) -> Redis:
+        """The client, shared with `RedisBudgets` (one pool per process)."""
+        return self._redis
+
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+    async def guard(self, what: str, call: Awaitable[T], fallback: T) -> T:
+        """Await ``call``; on a store failure fail open (``fallback``) or raise, as set."""
+        return await self._guard(what, call, fallback)
 
     async def _guard(self, what: str, call: Awaitable[T], fallback: T) -> T:
         try:

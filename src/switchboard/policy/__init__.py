@@ -4,7 +4,6 @@ blocked tools), pluggable through one registry."""
 from switchboard.policy.guardrails import (
     GuardrailPolicy,
     RefusalRule,
-    StreamRedactor,
     Verdict,
     guard_prompt,
     register,
@@ -13,7 +12,6 @@ from switchboard.policy.guardrails import (
 __all__ = [
     "GuardrailPolicy",
     "RefusalRule",
-    "StreamRedactor",
     "Verdict",
     "guard_prompt",
     "register",

@@ -261,31 +261,3 @@ def _blocked_tools(policy: GuardrailPolicy) -> Guardrail | None:
     if not policy.blocked_tools:
         return None
     return BlockedTools(frozenset(policy.blocked_tools), policy.blocked_tools_action == "refuse")
-
-
-class StreamRedactor:
-    """Redacts PII in streamed text although a match may be split across chunks: it holds back
-    the last ``hold`` characters until more text (or the end) shows where they belong."""
-
-    def __init__(self, kinds: tuple[str, ...], hold: int = 48) -> None:
-        self._kinds = kinds
-        self._hold = hold
-        self._buffer = ""
-
-    def feed(self, text: str) -> str:
-        self._buffer += text
-        cut = len(self._buffer) - self._hold
-        if cut <= 0:
-            return ""
-        spans = pii.find(self._buffer, self._kinds)
-        for span in spans:
-            if span.start < cut < span.end:
-                cut = span.start
-        out = pii.redact(self._buffer[:cut], [s for s in spans if s.end <= cut])
-        self._buffer = self._buffer[cut:]
-        return out
-
-    def flush(self) -> str:
-        out = pii.redact(self._buffer, pii.find(self._buffer, self._kinds))
-        self._buffer = ""
-        return out

@@ -17,11 +17,12 @@ import re
 from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from switchboard.limits.base import Rule
 from switchboard.policy import pii
 from switchboard.policy.guardrails import GuardrailPolicy, RefusalRule
+from switchboard.policy.limit_set import LimitSet
 
 
 class RefusalRuleModel(BaseModel):
@@ -60,11 +61,16 @@ class TenantConfig(BaseModel):
         default=None, description="Model names the tenant may use; None means all its mode allows."
     )
     cache: CacheSettings = Field(default_factory=CacheSettings)
-    # Stored and returned now; enforced by the limits, budget and routes work (issue 4).
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     rate_limit_per_hour: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    max_concurrent_requests: int | None = Field(default=None, ge=1)
     monthly_budget_usd: float | None = Field(default=None, ge=0)
+    per_user: LimitSet | None = Field(
+        default=None, description="Limits each end user of the tenant gets on their own."
+    )
+    budget_alert_percent: float = Field(default=80, gt=0, le=100)
+    budget_webhook_url: HttpUrl | None = None
     allowed_routes: list[str] = Field(default_factory=list)
 
     @field_validator("pii_actions")
@@ -88,18 +94,23 @@ class TenantConfig(BaseModel):
         return value
 
     @cached_property
+    def limits(self) -> LimitSet:
+        """The tenant's own limits (its flat fields) as a `LimitSet`, built once per config."""
+        return LimitSet(
+            rate_limit_per_minute=self.rate_limit_per_minute,
+            rate_limit_per_hour=self.rate_limit_per_hour,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrent_requests=self.max_concurrent_requests,
+            monthly_budget_usd=self.monthly_budget_usd,
+        )
+
+    @cached_property
     def request_rules(self) -> tuple[Rule, ...]:
-        """The tenant's request-rate rules, built once per cached config."""
-        rules = []
-        if self.rate_limit_per_minute:
-            rules.append(Rule("requests", self.rate_limit_per_minute, 60))
-        if self.rate_limit_per_hour:
-            rules.append(Rule("requests", self.rate_limit_per_hour, 3600))
-        return tuple(rules)
+        return self.limits.request_rules
 
     @cached_property
     def token_rule(self) -> Rule | None:
-        return Rule("tokens", self.tokens_per_minute, 60) if self.tokens_per_minute else None
+        return self.limits.token_rule
 
     @property
     def has_guardrails(self) -> bool:

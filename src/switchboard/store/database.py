@@ -10,7 +10,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -63,6 +65,18 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    async def upsert(
+        self, table: Table, values: dict[str, Any], key: str, update: tuple[str, ...]
+    ) -> None:
+        """Insert ``values``, or update the ``update`` columns of the row with the same ``key``."""
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        stmt = insert(table).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[key], set_={name: stmt.excluded[name] for name in update}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
 
     def redacted_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)

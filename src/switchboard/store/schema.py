@@ -127,6 +127,15 @@ tenant_configs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+key_policies = Table(
+    "key_policies",
+    metadata,
+    Column("key_id", String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("policy", Text, nullable=False),  # the KeyPolicy document, as JSON
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 platform_secrets = Table(
     "platform_secrets",
     metadata,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import orjson
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from switchboard.policy.tenant_config import TenantConfig
 from switchboard.store.database import Database, utcnow
@@ -31,11 +29,4 @@ class TenantConfigRepository:
             "config": config.model_dump_json(),
             "updated_at": utcnow(),
         }
-        insert = pg_insert if self._db.dialect == "postgresql" else sqlite_insert
-        stmt = insert(tenant_configs).values(values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["tenant_id"],
-            set_={"config": stmt.excluded.config, "updated_at": stmt.excluded.updated_at},
-        )
-        async with self._db.engine.begin() as conn:
-            await conn.execute(stmt)
+        await self._db.upsert(tenant_configs, values, "tenant_id", ("config", "updated_at"))
