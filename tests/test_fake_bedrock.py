@@ -40,6 +40,11 @@ TOOLS: dict[str, Any] = {
 def fake() -> Iterator[ServerThread]:
     with ServerThread(bedrock_upstream.create_app(ACCESS_KEY, SECRET_KEY, REGION)) as server:
         yield server
+    while _CLIENTS:  # a client dropped unclosed warns (an error here) whenever GC finds it
+        _CLIENTS.pop().close()
+
+
+_CLIENTS: list[BaseClient] = []
 
 
 def _client(
@@ -48,7 +53,7 @@ def _client(
     secret: str = SECRET_KEY,
     key: str = ACCESS_KEY,
 ) -> BaseClient:
-    return boto3.client(
+    client = boto3.client(
         service,
         region_name=REGION,
         endpoint_url=fake.url,
@@ -57,6 +62,8 @@ def _client(
         aws_session_token=None,
         config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10),
     )
+    _CLIENTS.append(client)
+    return client
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from switchboard.policy import pii
+from switchboard.policy.intents import IntentClassifier
 
 JSON = dict[str, Any]
 PiiAction = Literal["block", "redact", "log"]
@@ -47,6 +48,10 @@ class GuardrailPolicy:
     pii_on_responses: bool = False
     blocked_tools: tuple[str, ...] = ()
     blocked_tools_action: Literal["remove", "refuse"] = "remove"
+    allowed_routes: tuple[str, ...] = ()  # intents the tenant allows; () allows every one
+    intents: IntentClassifier | None = None  # built from the shipped and tenant routes
+    route_refusal_reason: str = ""
+    allow_unclassified: bool = False
 
 
 @dataclass(slots=True)
@@ -261,3 +266,50 @@ def _blocked_tools(policy: GuardrailPolicy) -> Guardrail | None:
     if not policy.blocked_tools:
         return None
     return BlockedTools(frozenset(policy.blocked_tools), policy.blocked_tools_action == "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedRoutes:
+    """Refuses a request whose intent (see `intents`) is not among the tenant's routes."""
+
+    name = "allowed_routes"
+    allowed: frozenset[str]
+    classifier: IntentClassifier
+    reason: str
+    allow_unclassified: bool
+
+    def inspect(self, request: GuardedRequest) -> None:
+        asked = [m for m in request.body.get("messages") or [] if m.get("role") == "user"]
+        if not asked:
+            return
+        texts = [_plain_text(m.get("content")) for m in asked[-3:]]
+        verdict = self.classifier.classify(texts[-1])
+        if verdict.route is None and len(texts) > 1:
+            verdict = self.classifier.classify(" ".join(texts))
+        route = verdict.route
+        request.findings.append(f"route:{route or 'unclassified'}")
+        if route in self.allowed or (route is None and self.allow_unclassified):
+            return
+        request.refuse(self.reason)
+
+
+def _plain_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+@register("allowed_routes")
+def _allowed_routes(policy: GuardrailPolicy) -> Guardrail | None:
+    if not policy.allowed_routes or policy.intents is None:
+        return None
+    reason = policy.route_refusal_reason or (
+        "This assistant only helps with: " + ", ".join(policy.allowed_routes) + "."
+    )
+    return AllowedRoutes(
+        frozenset(policy.allowed_routes), policy.intents, reason, policy.allow_unclassified
+    )

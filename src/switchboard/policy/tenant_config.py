@@ -17,11 +17,12 @@ import re
 from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from switchboard.limits.base import Rule
 from switchboard.policy import pii
 from switchboard.policy.guardrails import GuardrailPolicy, RefusalRule
+from switchboard.policy.intents import IntentClassifier, route_from, shipped_routes
 from switchboard.policy.limit_set import LimitSet
 
 
@@ -39,6 +40,15 @@ class RefusalRuleModel(BaseModel):
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from exc
         return value
+
+
+class RouteDefinition(BaseModel):
+    """An intent a tenant can allow: keywords ("price*" matches any ending) and examples."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    keywords: list[str] = Field(default_factory=list, max_length=500)
+    examples: list[str] = Field(default_factory=list, max_length=200)
 
 
 class CacheSettings(BaseModel):
@@ -71,7 +81,15 @@ class TenantConfig(BaseModel):
     )
     budget_alert_percent: float = Field(default=80, gt=0, le=100)
     budget_webhook_url: HttpUrl | None = None
-    allowed_routes: list[str] = Field(default_factory=list)
+    allowed_routes: list[str] = Field(
+        default_factory=list, description="Intents the tenant allows; empty allows every one."
+    )
+    route_definitions: dict[str, RouteDefinition] = Field(
+        default_factory=dict, description="Routes to add, or shipped ones to replace, by name."
+    )
+    route_threshold: float = Field(default=1.0, gt=0, le=100)
+    route_refusal_reason: str = Field(default="", max_length=500)
+    allow_unclassified: bool = False
 
     @field_validator("pii_actions")
     @classmethod
@@ -112,6 +130,17 @@ class TenantConfig(BaseModel):
     def token_rule(self) -> Rule | None:
         return self.limits.token_rule
 
+    @model_validator(mode="after")
+    def _routes_known(self) -> TenantConfig:
+        known = set(shipped_routes()) | set(self.route_definitions)
+        unknown = [r for r in self.allowed_routes if r not in known]
+        if unknown:
+            raise ValueError(
+                f"allowed_routes names routes that are neither shipped nor in "
+                f"route_definitions: {unknown}; shipped: {sorted(shipped_routes())}"
+            )
+        return self
+
     @property
     def has_guardrails(self) -> bool:
         return bool(
@@ -119,7 +148,18 @@ class TenantConfig(BaseModel):
             or self.refusal_rules
             or self.pii_actions
             or self.blocked_tools
+            or self.allowed_routes
         )
+
+    @cached_property
+    def intents(self) -> IntentClassifier | None:
+        """The classifier over the shipped routes and the tenant's own (built once)."""
+        if not self.allowed_routes:
+            return None
+        routes = dict(shipped_routes())
+        for name, spec in self.route_definitions.items():
+            routes[name] = route_from(name, spec.model_dump())
+        return IntentClassifier(routes.values(), self.route_threshold)
 
     @cached_property
     def guardrail_policy(self) -> GuardrailPolicy:
@@ -134,4 +174,8 @@ class TenantConfig(BaseModel):
             pii_on_responses=self.pii_on_responses,
             blocked_tools=tuple(self.blocked_tools),
             blocked_tools_action=self.blocked_tools_action,
+            allowed_routes=tuple(self.allowed_routes),
+            intents=self.intents,
+            route_refusal_reason=self.route_refusal_reason,
+            allow_unclassified=self.allow_unclassified,
         )
