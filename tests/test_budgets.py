@@ -9,7 +9,7 @@ import asyncio
 import random
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -228,6 +228,9 @@ def test_only_scopes_with_limits_are_checked() -> None:
     assert found[1].user_id == "alice"
     keyed = subjects(make_caller({}, {"max_concurrent_requests": 2}), None)
     assert [(s.scope, s.key_id) for s in keyed] == [("key:k1", "k1")]
+    owned = make_caller({"per_user": {"rate_limit_per_minute": 1}})
+    owned = Caller(replace(owned.key, user_id="usr_1"), owned.tenant, owned.config)
+    assert [s.scope for s in subjects(owned, "declared")] == ["user:t1:usr_1"]
 
 
 async def test_key_and_tenant_request_limits_both_apply(stores: Stores) -> None:

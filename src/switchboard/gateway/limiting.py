@@ -138,6 +138,7 @@ def subjects(caller: Caller, user: str | None) -> list[Subject]:
     if not caller.policy.is_empty:
         out.append(Subject(key_scope(caller.key.id), caller.policy, tenant, key_id=caller.key.id))
     per_user = config.per_user
+    user = caller.key.user_id or user  # a key's owner is proven; a named user is declared
     if user and per_user is not None and not per_user.is_empty:
         out.append(Subject(user_scope(tenant, user), per_user, tenant, user_id=user))
     return out

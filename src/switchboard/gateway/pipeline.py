@@ -146,6 +146,7 @@ class Gateway:
             request_id=new_request_id(),
             tenant_id=caller.tenant.id,
             key_id=caller.key.id,
+            user_id=caller.key.user_id,  # the key's owner, unless the request names a user
             created_at=utcnow(),
             endpoint=endpoint,
             started=time.perf_counter(),
