@@ -102,6 +102,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    """A migrated database on each backend (SQLite, then PostgreSQL)."""
+    database = Database(db_url)
+    try:
+        await database.migrate()
+        yield database
+    finally:
+        await database.dispose()
+
+
 @pytest.fixture(scope="session")
 def fake_openai() -> Iterator[ServerThread]:
     with ServerThread(openai_upstream.create_app(api_key="sk-upstream-secret")) as server:

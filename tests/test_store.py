@@ -7,7 +7,6 @@ and request ids and never assumes a table is empty.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -18,16 +17,6 @@ from switchboard.metering.usage import UsageEvent
 from switchboard.store import Database, KeyRepository, TenantRepository, UsageRepository
 from switchboard.store.database import utcnow
 from switchboard.store.schema import api_keys
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    try:
-        await database.migrate()
-        yield database
-    finally:
-        await database.dispose()
 
 
 def slug(prefix: str = "t") -> str:

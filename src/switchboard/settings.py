@@ -84,6 +84,17 @@ class Settings(BaseSettings):
         gt=0,
         description="The window failed sign-ins are counted in, and how long a lockout lasts.",
     )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s), comma-separated, newest first, that encrypt stored "
+        "secrets (OIDC client secrets, LDAP bind passwords). Unset: a key is generated once "
+        "into <data dir>/secret.key (mode 0600). Back it up apart from the database.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The gateway's external base URL (https://ai.example.com), used to build "
+        "OIDC redirect URIs. Unset: taken from each request's Host header.",
+    )
     key_cache_ttl_seconds: float = Field(
         default=10.0,
         ge=0,

@@ -246,3 +246,19 @@ audit_log = Table(
     Index("ix_audit_log_tenant_id", "tenant_id", "id"),
     Index("ix_audit_log_at", "at"),
 )
+
+# A tenant's LDAP/AD directories and OIDC issuers (migration 0008). `document` is the
+# ProviderDocument as JSON; `secret` the Fernet token of its password or client secret.
+identity_providers = Table(
+    "identity_providers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("secret", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_identity_providers_tenant_name"),
+)
