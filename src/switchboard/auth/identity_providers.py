@@ -125,8 +125,11 @@ class OidcSettings(_Strict):
     @classmethod
     def _issuer_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("issuer must be an https URL")
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (
+            parts.scheme == "https" or (parts.scheme == "http" and loopback)
+        ):
+            raise ValueError("issuer must be an https URL (http only on this machine's loopback)")
         return value.rstrip("/")
 
     @field_validator("return_path")
