@@ -3,17 +3,25 @@ search, group -> role/department mapping, injection, the anonymous-bind trap, a 
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from conftest import RunningGateway, gateway_config, start_gateway
+from fakes.server import ServerThread
 from fakes.slapd import GROUPS, PEOPLE, SERVICE_DN, Slapd
 from switchboard.auth.external import ExternalIdentity
 from switchboard.auth.identity_providers import LdapSettings, RoleMapping, map_identity
 from switchboard.auth.ldap import ldap_login
 from switchboard.errors import AuthenticationFailed, PermissionDenied, UpstreamUnavailable
+from switchboard.platform import Platform
+from switchboard.store import Database
+from switchboard.store.audit import AuditEntry, AuditFilter
 
 
 @pytest.fixture(scope="session")
@@ -209,3 +217,160 @@ def test_ldap_group_matching_by_dn_or_cn() -> None:
     other = RoleMapping.model_validate({"role_rules": [{"value": "Users", "role": "user"}]})
     with pytest.raises(PermissionDenied):
         map_identity(who, other)
+
+
+# -- through the gateway: admin API, /auth/v1/ldap/login, session, audit ----------------------
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateway(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_openai: ServerThread,
+    fake_ollama: ServerThread,
+) -> Iterator[RunningGateway]:
+    data_dir = tmp_path_factory.mktemp("ldap-gw")
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{data_dir / 'gw.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    server, app = start_gateway(data_dir, url, gateway_config(fake_openai.url, fake_ollama.url))
+    with server:
+        yield RunningGateway(url=server.url, app=app, settings=app.state.runtime.settings)
+
+
+def ldap_provider(slapd: Slapd, **settings: Any) -> dict[str, Any]:
+    return {
+        "name": "corp",
+        "display_name": "Corporate directory",
+        "settings": {
+            "kind": "ldap",
+            "urls": [slapd.url],
+            "bind_dn": SERVICE_DN,
+            "user_search_base": PEOPLE,
+            **settings,
+        },
+        "mapping": MAPPING.model_dump(),
+        "secret": slapd.service_password,
+    }
+
+
+def new_tenant(gw: RunningGateway) -> str:
+    slug = f"ldap-{secrets.token_hex(3)}"
+    assert gw.admin("POST", "/admin/v1/tenants", json={"slug": slug}).status_code == 201
+    return slug
+
+
+def ldap_post(gw: RunningGateway, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(gw.url + "/auth/v1/ldap/login", json=body, timeout=30)
+
+
+@pytest.mark.slow
+def test_ldap_login_through_the_gateway(gateway: RunningGateway, slapd: Slapd) -> None:
+    slug = new_tenant(gateway)
+    created = gateway.admin(
+        "POST", f"/admin/v1/tenants/{slug}/identity-providers", json=ldap_provider(slapd)
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["secret_set"] is True
+    assert slapd.service_password not in created.text
+    listed = gateway.admin("GET", f"/admin/v1/tenants/{slug}/identity-providers")
+    assert slapd.service_password not in listed.text
+    assert [p["name"] for p in listed.json()["data"]] == ["corp"]
+
+    answer = ldap_post(gateway, {"tenant": slug, "username": "alice", "password": "alice-pw-1"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    tokens = answer.json()
+    assert tokens["user"]["role"] == "tenant_admin"
+    assert tokens["user"]["source"] == "ldap"
+    me = httpx.get(
+        gateway.url + "/auth/v1/me",
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+        timeout=10,
+    )
+    assert me.status_code == 200, me.text
+    assert me.json()["email"] == "alice@example.org"
+    assert me.json()["department_id"] is not None
+
+    bob = ldap_post(gateway, {"tenant": slug, "username": "bob", "password": "bob-pw-2"})
+    assert bob.json()["user"]["role"] == "department_admin"
+
+    carol = ldap_post(gateway, {"tenant": slug, "username": "carol", "password": "carol-pw-3"})
+    assert carol.status_code == 403
+    assert carol.json()["error"]["code"] == "no_mapped_role"
+
+    for username, password in (
+        ("alice", "wrong"),
+        ("alice", ""),
+        ("alic*", "alice-pw-1"),
+        ("nobody", "x"),
+    ):
+        refused = ldap_post(gateway, {"tenant": slug, "username": username, "password": password})
+        assert refused.status_code == 401, (username, refused.text)
+        assert refused.json()["error"]["code"] == "invalid_credentials"
+    unknown_tenant = ldap_post(
+        gateway, {"tenant": "no-such-tenant", "username": "alice", "password": "alice-pw-1"}
+    )
+    assert unknown_tenant.status_code == 401
+
+    entries = audit(gateway, slug)
+    logins = [(e.outcome, e.details.get("method")) for e in entries if e.action == "auth.login"]
+    assert ("ok", "ldap") in logins
+    assert logins.count(("failed", "external")) == 5  # carol, and the four refusals
+    assert "identity_provider.create" in [e.action for e in entries]
+    assert all(slapd.service_password not in str(e.details) for e in entries)
+
+
+@pytest.mark.slow
+def test_ldap_login_is_throttled(gateway: RunningGateway, slapd: Slapd) -> None:
+    slug = new_tenant(gateway)
+    gateway.admin("POST", f"/admin/v1/tenants/{slug}/identity-providers", json=ldap_provider(slapd))
+    limit = gateway.settings.login_max_failures
+    for _ in range(limit):
+        body = {"tenant": slug, "username": "bob", "password": "wrong"}
+        assert ldap_post(gateway, body).status_code == 401
+    right = ldap_post(gateway, {"tenant": slug, "username": "bob", "password": "bob-pw-2"})
+    assert right.status_code == 429
+    assert right.json()["error"]["code"] == "login_throttled"
+
+
+@pytest.mark.slow
+def test_provider_choice_and_disabled_providers(gateway: RunningGateway, slapd: Slapd) -> None:
+    slug = new_tenant(gateway)
+    path = f"/admin/v1/tenants/{slug}/identity-providers"
+    gateway.admin("POST", path, json=ldap_provider(slapd))
+    second = {**ldap_provider(slapd), "name": "direct"}
+    second["settings"] = {
+        "kind": "ldap",
+        "urls": [slapd.url],
+        "bind_dn_template": f"uid={{username}},{PEOPLE}",
+        "user_search_base": PEOPLE,
+    }
+    second.pop("secret")
+    assert gateway.admin("POST", path, json=second).status_code == 201
+    body = {"tenant": slug, "username": "bob", "password": "bob-pw-2"}
+    ambiguous = ldap_post(gateway, body)
+    assert ambiguous.status_code == 400
+    assert ldap_post(gateway, {**body, "provider": "direct"}).status_code == 200
+    off = gateway.admin("PUT", f"{path}/direct", json={**second, "enabled": False})
+    assert off.status_code == 200, off.text
+    assert ldap_post(gateway, {**body, "provider": "direct"}).status_code == 404
+    assert ldap_post(gateway, body).status_code == 200  # one enabled LDAP provider left
+    options = httpx.get(f"{gateway.url}/auth/v1/tenants/{slug}/identity-providers", timeout=10)
+    assert options.json()["data"] == [
+        {"name": "corp", "kind": "ldap", "display_name": "Corporate directory"}
+    ]
+
+
+def audit(gw: RunningGateway, slug: str) -> list[AuditEntry]:
+    async def run() -> list[AuditEntry]:
+        db = Database(gw.settings.resolved_database_url())
+        try:
+            platform = Platform(db)
+            tenant = await platform.tenants.get(slug)
+            return await platform.audit.query(AuditFilter(tenant_id=tenant.id, limit=1000))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())

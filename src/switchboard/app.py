@@ -10,7 +10,15 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
-from switchboard.api import admin, admin_billing, admin_limits, auth_sessions, health
+from switchboard.api import (
+    admin,
+    admin_billing,
+    admin_identity_providers,
+    admin_limits,
+    auth_external,
+    auth_sessions,
+    health,
+)
 from switchboard.api.anthropic import AnthropicSurface
 from switchboard.api.errors import EXCEPTION_HANDLERS
 from switchboard.api.ollama import OllamaSurface
@@ -76,9 +84,11 @@ def create_app(
         routes=[
             *health.routes,
             *auth_sessions.routes,
+            *auth_external.routes,
             *admin.routes,
             *admin_billing.routes,
             *admin_limits.routes,
+            *admin_identity_providers.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

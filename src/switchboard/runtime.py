@@ -14,6 +14,8 @@ from datetime import timedelta
 from switchboard.auth import AdminAuthenticator, KeyAuthenticator
 from switchboard.auth.admin import ensure_admin_key
 from switchboard.auth.audit import Auditor
+from switchboard.auth.external_login import ExternalLogins
+from switchboard.auth.secretbox import load_secret_box
 from switchboard.auth.sessions import SessionService
 from switchboard.auth.throttle import LoginThrottle
 from switchboard.auth.tokens import AccessTokens, session_secret
@@ -64,6 +66,7 @@ class Runtime:
     recorder: UsageRecorder
     auditor: Auditor
     sessions: SessionService  # human sign-in; LDAP/OIDC flows call sessions.sign_in_external
+    logins: ExternalLogins  # tenants' identity providers (LDAP/AD, OIDC) and their flows
     # The Lago export queue (backlog, dead letters, re-drive): there whether or not Lago is
     # configured. `export_task` is the in-process exporter, when this process runs one.
     export: LagoExporter
@@ -73,6 +76,7 @@ class Runtime:
 
     @classmethod
     async def start(cls, settings: Settings, config: GatewayConfig) -> Runtime:
+        box = load_secret_box(settings)  # a bad SWITCHBOARD_SECRET_KEY stops start-up here
         db = Database(settings.resolved_database_url())
         try:  # a half-configured Lago stops start-up before anything is touched
             exporter = build_exporter(db, settings)
@@ -126,6 +130,7 @@ class Runtime:
             recorder=recorder,
             auditor=auditor,
             sessions=sessions,
+            logins=ExternalLogins(platform, box, sessions, auditor, _login_throttle(settings)),
             export=exporter or export_queue(db, settings),
             notifier=notifier,
         )
@@ -147,6 +152,7 @@ class Runtime:
         if self.notifier is not None:
             await self.notifier.aclose()
         await self.recorder.stop()
+        await self.logins.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.platform.db.dispose()
@@ -183,12 +189,16 @@ def _sessions(
         platform,
         AccessTokens(secret, ttl_seconds=settings.access_token_ttl_seconds),
         auditor,
-        LoginThrottle(
-            max_failures=settings.login_max_failures, window_seconds=settings.login_lockout_seconds
-        ),
+        _login_throttle(settings),
         idle_timeout=timedelta(seconds=settings.session_idle_timeout_seconds),
         max_age=timedelta(seconds=settings.session_max_age_seconds),
         check_ttl=settings.session_check_ttl_seconds,
+    )
+
+
+def _login_throttle(settings: Settings) -> LoginThrottle:
+    return LoginThrottle(
+        max_failures=settings.login_max_failures, window_seconds=settings.login_lockout_seconds
     )
 
 
