@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RunningGateway, gateway_config, start_gateway
-from fakes.server import ServerThread
+from conftest import RunningGateway
 from fakes.slapd import GROUPS, PEOPLE, SERVICE_DN, Slapd
 from switchboard.auth.external import ExternalIdentity
 from switchboard.auth.identity_providers import LdapSettings, RoleMapping, map_identity
@@ -220,23 +219,6 @@ def test_ldap_group_matching_by_dn_or_cn() -> None:
 
 
 # -- through the gateway: admin API, /auth/v1/ldap/login, session, audit ----------------------
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def gateway(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    fake_openai: ServerThread,
-    fake_ollama: ServerThread,
-) -> Iterator[RunningGateway]:
-    data_dir = tmp_path_factory.mktemp("ldap-gw")
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{data_dir / 'gw.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    server, app = start_gateway(data_dir, url, gateway_config(fake_openai.url, fake_ollama.url))
-    with server:
-        yield RunningGateway(url=server.url, app=app, settings=app.state.runtime.settings)
 
 
 def ldap_provider(slapd: Slapd, **settings: Any) -> dict[str, Any]:

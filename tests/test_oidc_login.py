@@ -4,6 +4,7 @@ flow and every refusal (state, nonce, audience, expiry, unknown key, PKCE, issue
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from cryptography.fernet import Fernet
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from conftest import RunningGateway
 from fakes import oidc_provider
 from fakes.server import ServerThread
 from switchboard.auth.external import ExternalIdentity
@@ -23,6 +25,8 @@ from switchboard.auth.identity_providers import OidcSettings, RoleMapping, map_i
 from switchboard.auth.oidc import LoginState, OidcClient
 from switchboard.auth.secretbox import SecretBox
 from switchboard.errors import AuthenticationFailed, PermissionDenied
+from switchboard.platform import Platform
+from switchboard.store import Database
 
 CLIENT_ID = "switchboard"
 CLIENT_SECRET = "client-secret-" + secrets.token_hex(8)
@@ -306,3 +310,306 @@ def test_login_state_is_sealed_and_expires() -> None:
         LoginState.open(box, sealed[:-4] + "AAAA")
     with pytest.raises(AuthenticationFailed, match="no login in progress"):
         LoginState.open(box, None)
+
+
+# -- through the gateway: a browser-like client following redirects -----------------------
+
+
+KEYCLOAK_MAPPING = {
+    "role_rules": [
+        {"claim": "realm_access.roles", "value": "sb-admin", "role": "tenant_admin"},
+        {
+            "claim": f"resource_access.{CLIENT_ID}.roles",
+            "value": "dept-admin",
+            "role": "department_admin",
+        },
+    ],
+    "department_claim": "department",
+}
+ENTRA_MAPPING = {
+    "role_rules": [{"claim": "roles", "value": "Switchboard.User", "role": "user"}],
+    "department_claim": "extension_Department",
+}
+
+
+def add_provider(
+    gw: RunningGateway, idp: ServerThread, style: str = "keycloak", **extra: Any
+) -> tuple[str, str]:
+    """A tenant with one OIDC provider registered at the fake; (tenant slug, provider name)."""
+    slug = f"oidc-{secrets.token_hex(3)}"
+    assert gw.admin("POST", "/admin/v1/tenants", json={"slug": slug}).status_code == 201
+    if style == "keycloak":
+        settings: dict[str, Any] = {
+            "kind": "oidc",
+            "issuer": f"{idp.url}/realms/{REALM}",
+            "client_id": CLIENT_ID,
+        }
+        mapping: dict[str, Any] = KEYCLOAK_MAPPING
+    else:
+        settings = {
+            "kind": "oidc",
+            "issuer": f"{idp.url}/{ENTRA_TID}/v2.0",
+            "client_id": CLIENT_ID,
+            "token_auth_method": "client_secret_post",
+            "allowed_tenant_ids": [ENTRA_TID],
+        }
+        mapping = ENTRA_MAPPING
+    created = gw.admin(
+        "POST",
+        f"/admin/v1/tenants/{slug}/identity-providers",
+        json={
+            "name": style,
+            "settings": {**settings, **extra},
+            "mapping": mapping,
+            "secret": CLIENT_SECRET,
+        },
+    )
+    assert created.status_code == 201, created.text
+    assert CLIENT_SECRET not in created.text
+    redirect_uri = created.json()["redirect_uri"]
+    assert redirect_uri == f"{gw.url}/auth/v1/oidc/{slug}/{style}/callback"
+    idp.app.state.provider.clients[CLIENT_ID].redirect_uris.append(redirect_uri)
+    return slug, style
+
+
+def browser() -> httpx.Client:
+    return httpx.Client(follow_redirects=True, timeout=10)
+
+
+def sign_in(
+    gw: RunningGateway, slug: str, name: str, user: str, client: httpx.Client, **query: str
+) -> httpx.Response:
+    return client.get(
+        f"{gw.url}/auth/v1/oidc/{slug}/{name}/start", params={"login_hint": user, **query}
+    )
+
+
+def collect(gw: RunningGateway, client: httpx.Client) -> httpx.Response:
+    return client.post(gw.url + "/auth/v1/oidc/session")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("style", "user", "role", "department"),
+    [("keycloak", "kim", "tenant_admin", "Finance"), ("entra", "eve", "user", "Research")],
+)
+def test_full_flow_through_the_gateway(
+    gateway: RunningGateway,
+    idp: ServerThread,
+    style: str,
+    user: str,
+    role: str,
+    department: str,
+) -> None:
+    slug, name = add_provider(gateway, idp, style)
+    with browser() as client:
+        landed = sign_in(gateway, slug, name, user, client, return_to="/console/?tab=chat")
+        assert [r.status_code for r in landed.history] == [302, 302, 303]
+        assert str(landed.url) == f"{gateway.url}/console/?tab=chat"
+        assert "code=" not in str(landed.url)
+        assert "access_token" not in str(landed.url)
+        tokens = collect(gateway, client)
+        assert tokens.status_code == 200, tokens.text
+        assert tokens.headers["cache-control"] == "no-store"
+        body = tokens.json()
+        assert body["user"]["role"] == role
+        assert body["user"]["source"] == "oidc"
+        assert collect(gateway, client).status_code == 401  # collected once
+    me = httpx.get(
+        gateway.url + "/auth/v1/me",
+        headers={"Authorization": f"Bearer {body['access_token']}"},
+        timeout=10,
+    )
+    assert me.status_code == 200, me.text
+    assert me.json()["external_subject"].endswith("|" + USERS[user].sub)
+    dept = asyncio.run(department_name(gateway, slug, me.json()["department_id"]))
+    assert dept == department
+
+
+def test_default_return_path_and_login_options(gateway: RunningGateway, idp: ServerThread) -> None:
+    slug, name = add_provider(gateway, idp, return_path="/welcome")
+    with browser() as client:
+        landed = sign_in(gateway, slug, name, "kim", client)
+        assert str(landed.url) == f"{gateway.url}/welcome"
+    options = httpx.get(f"{gateway.url}/auth/v1/tenants/{slug}/identity-providers").json()
+    assert options["data"] == [
+        {
+            "name": name,
+            "kind": "oidc",
+            "display_name": name,
+            "start_url": f"/auth/v1/oidc/{slug}/{name}/start",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "evil"]
+)
+def test_no_open_redirect(gateway: RunningGateway, idp: ServerThread, target: str) -> None:
+    slug, name = add_provider(gateway, idp)
+    with browser() as client:
+        answer = sign_in(gateway, slug, name, "kim", client, return_to=target)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "return_to"
+    assert not answer.history
+
+
+def callback_url(gw: RunningGateway, slug: str, name: str, client: httpx.Client) -> str:
+    """Start a login and let the provider consent; the callback URL, not yet visited."""
+    start = client.get(
+        f"{gw.url}/auth/v1/oidc/{slug}/{name}/start",
+        params={"login_hint": "kim"},
+        follow_redirects=False,
+    )
+    assert start.status_code == 302
+    consent = client.get(start.headers["location"], follow_redirects=False)
+    assert consent.status_code == 302
+    return str(consent.headers["location"])
+
+
+def refused(answer: httpx.Response, code: str) -> None:
+    assert answer.status_code == 401, answer.text
+    assert answer.json()["error"]["code"] == code
+    assert "sb_oidc_session" not in answer.cookies
+
+
+def test_bad_state_is_refused(gateway: RunningGateway, idp: ServerThread) -> None:
+    slug, name = add_provider(gateway, idp)
+    with browser() as client:
+        url = callback_url(gateway, slug, name, client)
+        forged = httpx.URL(url).copy_set_param("state", "forged")
+        refused(client.get(forged, follow_redirects=False), "state_mismatch")
+        missing = httpx.URL(url).copy_remove_param("state")
+        refused(client.get(missing, follow_redirects=False), "state_mismatch")
+    with browser() as stranger:  # the callback in a browser that did not start the login
+        refused(stranger.get(url, follow_redirects=False), "login_state_missing")
+    with browser() as client:
+        url = callback_url(gateway, slug, name, client)
+        cookie = client.cookies.get("sb_oidc_state")
+        assert cookie is not None
+        client.cookies.set("sb_oidc_state", cookie[:-6] + "AAAAAA", path="/auth/v1/oidc/")
+        refused(client.get(url, follow_redirects=False), "login_state_invalid")
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"nonce": "not-the-nonce"},
+        {"aud": "another-client"},
+        {"exp": 1_000_000_000},
+        "foreign-key",
+    ],
+)
+def test_bad_id_tokens_are_refused_by_the_gateway(
+    gateway: RunningGateway, idp: ServerThread, tamper: dict[str, Any] | str
+) -> None:
+    slug, name = add_provider(gateway, idp)
+    if tamper == "foreign-key":
+        idp.app.state.sign_with_foreign_key = True
+    else:
+        idp.app.state.tamper = tamper
+    with browser() as client:
+        refused(sign_in(gateway, slug, name, "kim", client), "invalid_id_token")
+
+
+def test_pkce_mismatch_is_refused_by_the_gateway(
+    gateway: RunningGateway, idp: ServerThread
+) -> None:
+    """The victim's code, injected into the attacker's own login (state and cookie valid)."""
+    slug, name = add_provider(gateway, idp)
+    with browser() as victim:
+        stolen = httpx.URL(callback_url(gateway, slug, name, victim)).params["code"]
+    with browser() as attacker:
+        own = httpx.URL(callback_url(gateway, slug, name, attacker))
+        injected = own.copy_set_param("code", stolen)
+        answer = attacker.get(injected, follow_redirects=False)
+    refused(answer, "oidc_refused")
+    assert "invalid_grant" in answer.json()["error"]["message"]
+
+
+def test_a_code_works_once(gateway: RunningGateway, idp: ServerThread) -> None:
+    slug, name = add_provider(gateway, idp)
+    with browser() as client:
+        url = callback_url(gateway, slug, name, client)
+        cookie = client.cookies.get("sb_oidc_state")
+        first = client.get(url, follow_redirects=False)
+        assert first.status_code == 303
+        client.cookies.set("sb_oidc_state", str(cookie), path="/auth/v1/oidc/")  # replayed
+        refused(client.get(url, follow_redirects=False), "oidc_refused")
+
+
+def test_provider_error_and_unmapped_user(gateway: RunningGateway, idp: ServerThread) -> None:
+    slug, name = add_provider(gateway, idp)
+    with browser() as client:
+        refused(sign_in(gateway, slug, name, "nobody", client), "oidc_refused")
+    with browser() as client:  # eve has no Keycloak realm role this mapping knows
+        answer = sign_in(gateway, slug, name, "eve", client)
+        assert answer.status_code == 403
+        assert answer.json()["error"]["code"] == "no_mapped_role"
+
+
+def test_admin_api_scoping(gateway: RunningGateway, idp: ServerThread) -> None:
+    """kim signs in as tenant admin of A: she may manage A's providers, not B's; a plain
+    user may manage none; secrets are never returned."""
+    slug_a, name = add_provider(gateway, idp)
+    slug_b, _ = add_provider(gateway, idp)
+    with browser() as client:
+        sign_in(gateway, slug_a, name, "kim", client)
+        kim = collect(gateway, client).json()["access_token"]
+    as_kim = {"Authorization": f"Bearer {kim}"}
+    own = httpx.get(f"{gateway.url}/admin/v1/tenants/{slug_a}/identity-providers", headers=as_kim)
+    assert own.status_code == 200, own.text
+    assert CLIENT_SECRET not in own.text
+    assert own.json()["data"][0]["secret_set"] is True
+    for method in ("GET", "DELETE"):
+        other = httpx.request(
+            method,
+            f"{gateway.url}/admin/v1/tenants/{slug_b}/identity-providers/{name}",
+            headers=as_kim,
+        )
+        assert other.status_code == 403, other.text
+    slug_c, entra_name = add_provider(gateway, idp, "entra")
+    with browser() as client:
+        sign_in(gateway, slug_c, entra_name, "eve", client)
+        eve = collect(gateway, client).json()["access_token"]
+    as_eve = {"Authorization": f"Bearer {eve}"}
+    plain_user = httpx.get(
+        f"{gateway.url}/admin/v1/tenants/{slug_c}/identity-providers", headers=as_eve
+    )
+    assert plain_user.status_code == 403
+    gone = httpx.delete(
+        f"{gateway.url}/admin/v1/tenants/{slug_a}/identity-providers/{name}", headers=as_kim
+    )
+    assert gone.status_code == 204
+    assert httpx.get(f"{gateway.url}/auth/v1/tenants/{slug_a}/identity-providers").json() == {
+        "data": []
+    }
+
+
+def test_secret_update_is_write_only(gateway: RunningGateway, idp: ServerThread) -> None:
+    slug, name = add_provider(gateway, idp)
+    path = f"/admin/v1/tenants/{slug}/identity-providers/{name}"
+    doc = gateway.admin("GET", path).json()
+    body = {k: doc[k] for k in ("display_name", "enabled", "settings", "mapping")}
+    kept = gateway.admin("PUT", path, json=body)
+    assert kept.json()["secret_set"] is True
+    with browser() as client:  # the kept secret still works
+        assert str(sign_in(gateway, slug, name, "kim", client).url) == gateway.url + "/"
+        assert collect(gateway, client).status_code == 200
+    wrong = gateway.admin("PUT", path, json={**body, "secret": "wrong-secret"})
+    assert wrong.json()["secret_set"] is True
+    assert "wrong-secret" not in wrong.text
+    with browser() as client:
+        refused(sign_in(gateway, slug, name, "kim", client), "oidc_refused")
+    bad = gateway.admin("PUT", path, json={**body, "settings": {"kind": "ldap"}})
+    assert bad.status_code == 400
+
+
+async def department_name(gw: RunningGateway, slug: str, department_id: str) -> str:
+    db = Database(gw.settings.resolved_database_url())
+    try:
+        platform = Platform(db)
+        tenant = await platform.tenants.get(slug)
+        return (await platform.departments.get(tenant.id, department_id)).name
+    finally:
+        await db.dispose()
