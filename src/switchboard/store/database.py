@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.url import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from switchboard.store.isolation import ROLE, SETTING
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+# SET LOCAL ROLE and the tenant setting in one round trip; both end with the transaction.
+_ENTER_SCOPE = text(
+    f"SELECT set_config('role', :role, true), set_config('{SETTING}', :tenant, true)"
+)
 
 
 def utcnow() -> datetime:
@@ -65,6 +73,15 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    @asynccontextmanager
+    async def tenant_scope(self, tenant_id: str) -> AsyncIterator[AsyncConnection]:
+        """A transaction in which, on PostgreSQL, row-level security admits only the rows of
+        ``tenant_id`` (see `switchboard.store.isolation`); a plain transaction on SQLite."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(_ENTER_SCOPE, {"role": ROLE, "tenant": tenant_id})
+            yield conn
 
     async def upsert(
         self, table: Table, values: dict[str, Any], key: str, update: tuple[str, ...]

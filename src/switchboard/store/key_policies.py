@@ -19,7 +19,7 @@ class KeyPolicyRepository:
         query = select(key_policies.c.policy).where(
             key_policies.c.tenant_id == tenant_id, key_policies.c.key_id == key_id
         )
-        async with self._db.engine.connect() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             raw = (await conn.execute(query)).scalar()
         if raw is None:
             return NO_KEY_POLICY
@@ -27,7 +27,7 @@ class KeyPolicyRepository:
 
     async def put(self, tenant_id: str, key_id: str, policy: KeyPolicy) -> None:
         if policy == NO_KEY_POLICY:
-            async with self._db.engine.begin() as conn:
+            async with self._db.tenant_scope(tenant_id) as conn:
                 await conn.execute(
                     delete(key_policies).where(
                         key_policies.c.tenant_id == tenant_id, key_policies.c.key_id == key_id

@@ -118,7 +118,7 @@ class KeyRepository:
             )
             query = query.where(api_keys.c.user_id.in_(members))
         query = query.order_by(api_keys.c.created_at, api_keys.c.id)
-        async with self._db.engine.connect() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             return [_key(r) for r in (await conn.execute(query)).mappings()]
 
     async def get(self, key_id: str, *, tenant_id: str | None = None) -> ApiKey:

@@ -37,5 +37,5 @@ async def monthly_spend(
         query = query.where(usage_events.c.key_id == key_id)
     if user_id is not None:
         query = query.where(usage_events.c.user_id == user_id)
-    async with db.engine.connect() as conn:
+    async with db.tenant_scope(tenant_id) as conn:
         return float((await conn.execute(query)).scalar() or 0.0)

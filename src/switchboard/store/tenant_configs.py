@@ -17,7 +17,7 @@ class TenantConfigRepository:
     async def get(self, tenant_id: str) -> TenantConfig:
         """The tenant's config; the defaults (nothing enforced) when none was ever stored."""
         query = select(tenant_configs.c.config).where(tenant_configs.c.tenant_id == tenant_id)
-        async with self._db.engine.connect() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             raw = (await conn.execute(query)).scalar()
         if raw is None:
             return TenantConfig()

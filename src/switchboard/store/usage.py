@@ -48,7 +48,7 @@ class UsageRepository:
             # SQLite stores naive UTC text, so compare in UTC whatever offset was given.
             q = q.where(usage_events.c.created_at >= since.astimezone(UTC))
         q = q.order_by(usage_events.c.created_at.desc()).limit(limit)
-        async with self._db.engine.connect() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             rows = (await conn.execute(q)).mappings().all()
         out = []
         for row in rows:
