@@ -11,8 +11,8 @@ swept once the tables double in size since the last sweep.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from switchboard.limits.base import (
@@ -39,7 +39,7 @@ class MemoryLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._tats: dict[BucketKey, float] = {}
-        self._leases: dict[Scope, deque[float]] = {}  # lease deadlines, oldest first
+        self._leases: dict[Scope, list[float]] = {}  # lease deadlines, sorted
         self._sweep_at = _MIN_SWEEP
 
     async def admit(self, checks: Sequence[Check]) -> Decision:
@@ -79,7 +79,7 @@ class MemoryLimiter:
         if len(leases) >= limit:
             self._leases[scope] = leases  # _live took them out: put them back
             return False
-        leases.append(now + ttl_seconds)
+        bisect.insort(leases, now + ttl_seconds)
         self._leases[scope] = leases
         self._maybe_sweep(now)
         return True
@@ -87,7 +87,7 @@ class MemoryLimiter:
     async def release(self, scope: Scope) -> None:
         leases = self._live(scope, self._clock())
         if leases:
-            leases.popleft()
+            del leases[0]
         if leases:
             self._leases[scope] = leases
 
@@ -95,12 +95,16 @@ class MemoryLimiter:
         self._tats.clear()
         self._leases.clear()
 
-    def _live(self, scope: Scope, now: float) -> deque[float]:
-        """The scope's unexpired leases, taken out of the table (the caller puts them back)."""
+    def _live(self, scope: Scope, now: float) -> list[float]:
+        """The scope's unexpired leases, taken out of the table (the caller puts them back).
+        Deadlines are kept sorted, so dropping the expired ones costs only what is dropped."""
         leases = self._leases.pop(scope, None)
         if leases is None:
-            return deque()
-        return deque(d for d in leases if d > now)
+            return []
+        expired = bisect.bisect_right(leases, now)
+        if expired:
+            del leases[:expired]
+        return leases
 
     def _maybe_sweep(self, now: float) -> None:
         if len(self._tats) + len(self._leases) < self._sweep_at:
