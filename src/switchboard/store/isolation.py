@@ -41,6 +41,7 @@ TENANT_TABLES: dict[str, str] = {
     "users": "tenant_id",
     "sessions": "tenant_id",
     "audit_log": "tenant_id",
+    "identity_providers": "tenant_id",
 }
 
 

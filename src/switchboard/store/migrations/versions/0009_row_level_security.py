@@ -1,8 +1,8 @@
 """Row-level security on PostgreSQL: every tenant-owned table admits, to the tenant role, only
 the rows of the tenant its transaction is scoped to (see `switchboard.store.isolation`).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from alembic import op
 
 from switchboard.store.isolation import TENANT_TABLES, ensure_role, isolate, release
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
