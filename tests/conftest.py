@@ -11,7 +11,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from typer.testing import CliRunner, Result
 
 from fakes import anthropic_upstream, bedrock_upstream, ollama_upstream, openai_upstream
 from fakes.server import ServerThread
 from switchboard.app import SwitchboardApp, create_app
+from switchboard.cli import app as cli_app
 from switchboard.config import GatewayConfig, parse_config
 from switchboard.platform import Platform
 from switchboard.settings import Settings
@@ -66,6 +68,7 @@ WEATHER_TOOLS: list[Any] = [
 BEDROCK_ACCESS_KEY = "AKIDSWITCHBOARDTEST0"
 BEDROCK_SECRET_KEY = "switchboard-bedrock-test-secret"
 BEDROCK_REGION = "us-east-1"
+Run = Callable[..., Result]  # the `cli` fixture: run(*args, env=..., input=...)
 
 
 async def _pg_admin(statement: str) -> None:
@@ -344,3 +347,24 @@ async def platform(db_url: str) -> AsyncIterator[Platform]:
         yield Platform(database)
     finally:
         await database.dispose()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: Path) -> Run:
+    """Invoke the CLI in process with SWITCHBOARD_* from this test only, cwd = tmp_path."""
+    for name in list(os.environ):
+        if name.startswith("SWITCHBOARD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SWITCHBOARD_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+        return runner.invoke(cli_app, list(args), env=env, input=input, catch_exceptions=False)
+
+    return run

@@ -60,9 +60,15 @@ def add_user(
 
 
 def login(base_url: str, person: Person, **extra: Any) -> httpx.Response:
-    body: dict[str, Any] = {"email": person.user.email, "password": person.password}
-    if person.tenant is not None:
-        body["tenant"] = person.tenant
+    return login_as(base_url, person.tenant, person.user.email, person.password, **extra)
+
+
+def login_as(
+    base_url: str, tenant: str | None, email: str, password: str, **extra: Any
+) -> httpx.Response:
+    body: dict[str, Any] = {"email": email, "password": password}
+    if tenant is not None:
+        body["tenant"] = tenant
     return httpx.post(base_url + "/auth/v1/login", json={**body, **extra}, timeout=10)
 
 

@@ -19,42 +19,20 @@ from typing import Any
 
 import orjson
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
+from conftest import Run
 from fakes.server import ServerThread
-from switchboard.cli import app
 from switchboard.metering.usage import UsageEvent
 from switchboard.store import Database, KeyRepository, TenantRepository, UsageRepository
 
 SECRET = re.compile(r"sk-sb-[A-Za-z0-9_-]{43}")
-Run = Callable[..., Result]
 
 
 def _clean_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     env["SWITCHBOARD_DATA_DIR"] = str(data_dir)
     return env
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: Path) -> Run:
-    """Invoke the CLI in process with SWITCHBOARD_* from this test only, cwd = tmp_path."""
-    for name in list(os.environ):
-        if name.startswith("SWITCHBOARD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("SWITCHBOARD_DATA_DIR", str(data_dir))
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def run(*args: str, env: dict[str, str] | None = None) -> Result:
-        return runner.invoke(app, list(args), env=env, catch_exceptions=False)
-
-    return run
 
 
 def run_subprocess(

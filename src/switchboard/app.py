@@ -15,10 +15,12 @@ from switchboard.api import (
     admin_billing,
     admin_identity_providers,
     admin_limits,
+    admin_people,
     auth_external,
     auth_sessions,
     health,
 )
+from switchboard.api.admin_access import guard
 from switchboard.api.anthropic import AnthropicSurface
 from switchboard.api.errors import EXCEPTION_HANDLERS
 from switchboard.api.ollama import OllamaSurface
@@ -85,10 +87,15 @@ def create_app(
             *health.routes,
             *auth_sessions.routes,
             *auth_external.routes,
-            *admin.routes,
-            *admin_billing.routes,
-            *admin_limits.routes,
-            *admin_identity_providers.routes,
+            *guard(
+                [
+                    *admin.routes,
+                    *admin_people.routes,
+                    *admin_billing.routes,
+                    *admin_limits.routes,
+                    *admin_identity_providers.routes,
+                ]
+            ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -7,19 +7,24 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import orjson
 import typer
 
 from switchboard.cli_billing import export_app, export_worker, lago_app, plan_app, prices
-from switchboard.cli_billing import with_platform as _with_platform
+from switchboard.cli_identity import audit_command, department_app, user_app
 from switchboard.cli_limits import policy_app
+from switchboard.cli_support import JsonFlag, audit
+from switchboard.cli_support import fail as _fail
+from switchboard.cli_support import print_json as _print_json
+from switchboard.cli_support import settings as _settings
+from switchboard.cli_support import with_platform as _with_platform
 from switchboard.config import GatewayConfig, load_config
-from switchboard.errors import ConfigError
+from switchboard.errors import ConfigError, NotFound
 from switchboard.metering import report
 from switchboard.platform import Platform
 from switchboard.settings import Settings
+from switchboard.store import ApiKey, Tenant
 from switchboard.views import plain
 
 app = typer.Typer(help="Switchboard: a multi-tenant AI gateway.", no_args_is_help=True)
@@ -33,27 +38,13 @@ app.command("export-worker")(export_worker)
 app.add_typer(plan_app, name="plan")
 app.add_typer(lago_app, name="lago")
 app.command("prices")(prices)
+app.add_typer(department_app, name="department")
+app.add_typer(user_app, name="user")
+app.command("audit")(audit_command)
 
-T = TypeVar("T")
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML gateway config (providers, models).")
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings(config: Path | None = None) -> Settings:
-    if config is not None:
-        return Settings(config=config.resolve())
-    return Settings()
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
 def _load(settings: Settings) -> GatewayConfig:
@@ -170,7 +161,13 @@ def tenant_create(
     ] = "hybrid",
 ) -> None:
     """Create a tenant."""
-    tenant = _with_platform(lambda p: p.tenants.create(slug, name=name, usage_mode=usage_mode))
+
+    async def create(p: Platform) -> Tenant:
+        tenant = await p.tenants.create(slug, name=name, usage_mode=usage_mode)
+        await audit(p, "tenant.create", tenant_id=tenant.id, target=tenant.id, slug=slug)
+        return tenant
+
+    tenant = _with_platform(create)
     typer.echo(
         f"created tenant {tenant.slug} ({tenant.id}), usage mode {tenant.usage_mode}", err=True
     )
@@ -183,7 +180,14 @@ def tenant_update(
     usage_mode: Annotated[str | None, typer.Option(help="local | external | hybrid.")] = None,
 ) -> None:
     """Change a tenant's name or usage mode (running gateways see it within the key cache TTL)."""
-    tenant = _with_platform(lambda p: p.tenants.update(slug, name=name, usage_mode=usage_mode))
+
+    async def change(p: Platform) -> Tenant:
+        tenant = await p.tenants.update(slug, name=name, usage_mode=usage_mode)
+        fields = sorted(k for k, v in (("name", name), ("usage_mode", usage_mode)) if v)
+        await audit(p, "tenant.update", tenant_id=tenant.id, target=tenant.id, fields=fields)
+        return tenant
+
+    tenant = _with_platform(change)
     typer.echo(f"updated tenant {tenant.slug}: usage mode {tenant.usage_mode}", err=True)
 
 
@@ -205,6 +209,12 @@ def key_create(
     expires_in: Annotated[
         float | None, typer.Option("--expires-in", help="Days until the key expires.")
     ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user", help="E-mail of the user the key belongs to (default: a tenant service key)."
+        ),
+    ] = None,
 ) -> None:
     """Create an API key; the key alone goes to stdout, shown this once."""
     if expires_in is not None and expires_in <= 0:
@@ -212,7 +222,18 @@ def key_create(
 
     async def create(p: Platform) -> tuple[str, str]:
         owner = await p.tenants.get(tenant)
-        key, secret = await p.keys.create(owner, name=name, expires_in_days=expires_in)
+        person = await p.users.find_by_email(owner.id, user) if user else None
+        if user and person is None:
+            raise NotFound(f"no user {user!r} in tenant {tenant!r}", param="user")
+        key, secret = await p.keys.create(
+            owner,
+            name=name,
+            expires_in_days=expires_in,
+            user_id=person.id if person else None,
+        )
+        await audit(
+            p, "key.create", tenant_id=owner.id, target=key.id, name=key.name, user_id=key.user_id
+        )
         return key.id, secret
 
     key_id, secret = _with_platform(create)
@@ -242,7 +263,13 @@ def key_list(
 @key_app.command("revoke")
 def key_revoke(key_id: str) -> None:
     """Revoke a key (running gateways refuse it within the key cache TTL)."""
-    key = _with_platform(lambda p: p.keys.revoke(key_id))
+
+    async def revoke(p: Platform) -> ApiKey:
+        key = await p.keys.revoke(key_id)
+        await audit(p, "key.revoke", tenant_id=key.tenant_id, target=key.id)
+        return key
+
+    key = _with_platform(revoke)
     typer.echo(f"revoked {key.id}", err=True)
 
 

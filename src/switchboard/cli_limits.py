@@ -25,7 +25,7 @@ def _run(fn: Any) -> Any:
 
 @policy_app.command("show")
 def policy_show(key_id: Annotated[str, typer.Argument(help="The key's id.")]) -> None:
-    from switchboard.cli import _print_json
+    from switchboard.cli_support import print_json as _print_json
 
     async def show(p: Platform) -> dict[str, Any]:
         key = await p.keys.get(key_id)
@@ -54,7 +54,8 @@ def policy_set(
     ] = False,
 ) -> None:
     """Change the given fields of a key's policy (the others stay, unless --clear)."""
-    from switchboard.cli import _fail, _print_json
+    from switchboard.cli_support import fail as _fail
+    from switchboard.cli_support import print_json as _print_json
 
     changes: dict[str, Any] = {
         "rate_limit_per_minute": rpm,

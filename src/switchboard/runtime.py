@@ -125,6 +125,7 @@ class Runtime:
                 ttl=settings.key_cache_ttl_seconds,
                 configs=platform.configs,
                 policies=platform.key_policies,
+                users=platform.users,
             ),
             admin=AdminAuthenticator(db, configured_admin),
             recorder=recorder,

@@ -1,6 +1,8 @@
-"""The platform admin API under /admin/v1: tenants, keys, usage, models, doctor.
+"""The admin API under /admin/v1: tenants, keys, usage, models, doctor.
 
-Authenticated with the platform admin key. Errors use OpenAI's error object, like /v1.
+Every route is guarded by `switchboard.api.admin_access` (the platform admin key or a session,
+the caller's role and scope); handlers narrow what they list to ``access.scope``. Errors use
+OpenAI's error object, like /v1.
 """
 
 from __future__ import annotations
@@ -12,23 +14,26 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from switchboard.api.admin_access import Access, access
 from switchboard.api.context import runtime
 from switchboard.api.http import JSONResponse, read_json
+from switchboard.auth import rbac
 from switchboard.doctor import breaker_findings, diagnose
 from switchboard.errors import InvalidRequest
 from switchboard.metering import report
 from switchboard.policy.tenant_config import TenantConfig
 from switchboard.runtime import Runtime
 from switchboard.store.tenants import Tenant
+from switchboard.store.users import User
 from switchboard.views import plain
 
 _BODY_LIMIT = 64 * 1024
 
 
 async def _admin(request: Request) -> Runtime:
-    rt = runtime(request)
-    await rt.admin.check(request.headers.get("authorization"))
-    return rt
+    """The runtime, for a request the access guard has let through (never otherwise)."""
+    access(request)
+    return runtime(request)
 
 
 async def _object(request: Request) -> dict[str, Any]:
@@ -46,8 +51,12 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
 
 
 async def list_tenants(request: Request) -> Response:
-    rt = await _admin(request)
-    return JSONResponse({"data": [plain(t) for t in await rt.platform.tenants.list()]})
+    rt, a = await _admin(request), access(request)
+    own = a.scope.tenant_id
+    tenants = (
+        await rt.platform.tenants.list() if own is None else [await rt.platform.tenants.get(own)]
+    )
+    return JSONResponse({"data": [plain(t) for t in tenants]})
 
 
 async def create_tenant(request: Request) -> Response:
@@ -61,22 +70,32 @@ async def create_tenant(request: Request) -> Response:
         name=_optional_str(body, "name"),
         usage_mode=_optional_str(body, "usage_mode") or "hybrid",
     )
+    a = access(request)
+    a.audit_tenant_id = tenant.id
+    a.audit(tenant.id, slug=tenant.slug, usage_mode=tenant.usage_mode)
     return JSONResponse(plain(tenant), status_code=201)
 
 
+def _tenant(request: Request) -> Tenant:
+    tenant = access(request).tenant
+    assert tenant is not None  # the rule's target is the tenant in the path
+    return tenant
+
+
 async def get_tenant(request: Request) -> Response:
-    rt = await _admin(request)
-    return JSONResponse(plain(await rt.platform.tenants.get(request.path_params["tenant"])))
+    await _admin(request)
+    return JSONResponse(plain(_tenant(request)))
 
 
 async def update_tenant(request: Request) -> Response:
     rt = await _admin(request)
     body = await _object(request)
     tenant = await rt.platform.tenants.update(
-        request.path_params["tenant"],
+        _tenant(request).id,
         name=_optional_str(body, "name"),
         usage_mode=_optional_str(body, "usage_mode"),
     )
+    access(request).audit(fields=sorted(body))
     rt.keys.forget(tenant_id=tenant.id)
     return JSONResponse(plain(tenant))
 
@@ -87,15 +106,16 @@ def _config_document(tenant: Tenant, config: TenantConfig) -> dict[str, Any]:
 
 async def get_tenant_config(request: Request) -> Response:
     rt = await _admin(request)
-    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    tenant = _tenant(request)
     return JSONResponse(_config_document(tenant, await rt.platform.configs.get(tenant.id)))
 
 
 async def put_tenant_config(request: Request) -> Response:
     """Replace the tenant's policy document (fields left out take their defaults)."""
     rt = await _admin(request)
-    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    tenant = _tenant(request)
     body = await _object(request)
+    access(request).audit(fields=sorted(body))
     named = body.pop("tenant_id", None)
     if named is not None and named not in (tenant.slug, tenant.id):
         raise InvalidRequest("tenant_id does not match the tenant in the path", param="tenant_id")
@@ -113,37 +133,74 @@ async def put_tenant_config(request: Request) -> Response:
     return JSONResponse(_config_document(tenant, config))
 
 
+async def _key_owner(rt: Runtime, a: Access, tenant: Tenant, named: object) -> User | None:
+    """The user a new key is for: the one named (e-mail or id), else the caller when they are
+    below tenant admin, else nobody (a tenant service key)."""
+    if named is None:
+        if a.principal.at_least("tenant_admin"):
+            return None
+        named = a.principal.user_id
+    if not isinstance(named, str) or not named:
+        raise InvalidRequest("'user' must be a user's e-mail or id", param="user")
+    users = rt.platform.users
+    owner = (
+        await users.get(tenant.id, named)
+        if named.startswith("usr_")
+        else await users.find_by_email(tenant.id, named)
+    )
+    if owner is None:
+        raise InvalidRequest(f"no user {named!r} in this tenant", param="user")
+    return owner
+
+
 async def create_key(request: Request) -> Response:
-    rt = await _admin(request)
+    rt, a = await _admin(request), access(request)
     body = await _object(request)
     days = body.get("expires_in_days")
     if days is not None and (
         not isinstance(days, int | float) or isinstance(days, bool) or days <= 0
     ):
         raise InvalidRequest("'expires_in_days' must be a positive number", param="expires_in_days")
-    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    tenant = _tenant(request)
+    owner = await _key_owner(rt, a, tenant, body.get("user"))
+    rbac.check_key_owner(a.principal, owner)
     key, secret = await rt.platform.keys.create(
-        tenant, name=_optional_str(body, "name"), expires_in_days=days
+        tenant,
+        name=_optional_str(body, "name"),
+        expires_in_days=days,
+        user_id=owner.id if owner else None,
     )
+    a.audit(key.id, name=key.name, user_id=key.user_id, expires_at=plain(key)["expires_at"])
     return JSONResponse({**plain(key), "key": secret}, status_code=201)
 
 
 async def list_keys(request: Request) -> Response:
-    rt = await _admin(request)
-    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
-    return JSONResponse({"data": [plain(k) for k in await rt.platform.keys.list(tenant.id)]})
+    rt, a = await _admin(request), access(request)
+    keys = await rt.platform.keys.list(
+        _tenant(request).id, department_id=a.scope.department_id, user_id=a.scope.user_id
+    )
+    return JSONResponse({"data": [plain(k) for k in keys]})
 
 
 async def revoke_key(request: Request) -> Response:
-    rt = await _admin(request)
-    key = await rt.platform.keys.revoke(request.path_params["key_id"])
+    rt, a = await _admin(request), access(request)
+    assert a.key is not None
+    key = await rt.platform.keys.revoke(a.key.id, tenant_id=a.key.tenant_id)
+    a.audit(key.id, user_id=key.user_id)
     rt.keys.forget(key_id=key.id)
     return JSONResponse(plain(key))
 
 
 async def tenant_usage(request: Request) -> Response:
-    rt = await _admin(request)
-    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    """The tenant's requests; a department admin's or a user's share only, for them."""
+    rt, a = await _admin(request), access(request)
+    tenant = _tenant(request)
+    key_ids = None
+    if a.scope.department_id is not None or a.scope.user_id is not None:
+        scoped = await rt.platform.keys.list(
+            tenant.id, department_id=a.scope.department_id, user_id=a.scope.user_id
+        )
+        key_ids = [k.id for k in scoped]
     params = request.query_params
     fmt = params.get("format", "json")
     if fmt not in ("json", "csv"):
@@ -152,7 +209,10 @@ async def tenant_usage(request: Request) -> Response:
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= 1_000_000:
         raise InvalidRequest("'limit' must be an integer from 1 to 1000000", param="limit")
     rows = await rt.platform.usage.query(
-        tenant.id, since=report.parse_since(params.get("since")), limit=int(limit_text)
+        tenant.id,
+        since=report.parse_since(params.get("since")),
+        limit=int(limit_text),
+        key_ids=key_ids,
     )
     if fmt == "csv":
         return PlainTextResponse(report.as_csv(rows), media_type="text/csv")

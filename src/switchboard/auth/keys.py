@@ -3,7 +3,8 @@
 A key found in the database is trusted for ``ttl`` seconds without asking again, so the hot
 path costs one SHA-256 and one dict lookup. Revoking a key takes effect at once in the process
 that revoked it, and on every other worker within ``ttl`` seconds. Expiry is exact: it is checked
-on every request against the cached expiry time.
+on every request against the cached expiry time. A key whose owner (a user) is disabled is
+refused like a revoked one, on the same terms.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from switchboard.store.key_policies import KeyPolicyRepository
 from switchboard.store.keys import ApiKey, KeyRepository, hash_secret
 from switchboard.store.tenant_configs import TenantConfigRepository
 from switchboard.store.tenants import Tenant
+from switchboard.store.users import UserRepository
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class _Entry:
     fresh_until: float
     expires_at: float | None
     revoked: bool
+    owner_disabled: bool = False
 
 
 class KeyAuthenticator:
@@ -47,9 +50,11 @@ class KeyAuthenticator:
         ttl: float,
         configs: TenantConfigRepository | None = None,
         policies: KeyPolicyRepository | None = None,
+        users: UserRepository | None = None,
         max_entries: int = 100_000,
     ) -> None:
         self._keys = keys
+        self._users = users
         self._configs = configs
         self._policies = policies
         self._ttl = ttl
@@ -66,6 +71,10 @@ class KeyAuthenticator:
             raise AuthenticationFailed("invalid API key")
         if entry.revoked:
             raise AuthenticationFailed("this API key has been revoked", code="revoked_api_key")
+        if entry.owner_disabled:
+            raise AuthenticationFailed(
+                "the user this API key belongs to is disabled", code="key_owner_disabled"
+            )
         if entry.expires_at is not None and entry.expires_at <= time.time():
             raise AuthenticationFailed("this API key has expired", code="expired_api_key")
         if tenant_header and tenant_header not in (caller.tenant.id, caller.tenant.slug):
@@ -85,11 +94,15 @@ class KeyAuthenticator:
             policy = (
                 await self._policies.get(tenant.id, key.id) if self._policies else NO_KEY_POLICY
             )
+            owner = None
+            if key.user_id is not None and self._users is not None:
+                owner = await self._users.get_any(key.user_id)
             entry = _Entry(
                 Caller(key, tenant, config, policy),
                 fresh_until,
                 key.expires_at.timestamp() if key.expires_at else None,
                 revoked=key.revoked_at is not None,
+                owner_disabled=owner is not None and owner.disabled,
             )
         if len(self._cache) >= self._max:
             self._cache.clear()
