@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from switchboard.errors import AuthenticationFailed, PermissionDenied
 from switchboard.policy.limit_set import NO_KEY_POLICY, KeyPolicy
@@ -19,7 +20,9 @@ from switchboard.store.key_policies import KeyPolicyRepository
 from switchboard.store.keys import ApiKey, KeyRepository, hash_secret
 from switchboard.store.tenant_configs import TenantConfigRepository
 from switchboard.store.tenants import Tenant
-from switchboard.store.users import UserRepository
+
+if TYPE_CHECKING:  # store.users imports auth.roles, which runs this package's __init__
+    from switchboard.store.users import UserRepository
 
 
 @dataclass(frozen=True, slots=True)
