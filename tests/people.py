@@ -60,7 +60,8 @@ def add_user(
 
 
 def login(base_url: str, person: Person, **extra: Any) -> httpx.Response:
-    return login_as(base_url, person.tenant, person.user.email, person.password, **extra)
+    tenant = extra.pop("tenant", person.tenant)
+    return login_as(base_url, tenant, person.user.email, person.password, **extra)
 
 
 def login_as(
