@@ -12,7 +12,13 @@ from starlette.routing import Route
 
 from conftest import RunningGateway
 from people import PASSWORD, add_user, bearer, login_as, tokens
-from switchboard.api import admin, admin_billing, admin_people
+from switchboard.api import (
+    admin,
+    admin_billing,
+    admin_identity_providers,
+    admin_limits,
+    admin_people,
+)
 from switchboard.api.admin_access import RULES, guard
 
 
@@ -41,7 +47,13 @@ class Admin:
 
 
 def test_every_admin_route_has_an_access_rule() -> None:
-    routes = [*admin.routes, *admin_people.routes, *admin_billing.routes]
+    routes = [
+        *admin.routes,
+        *admin_people.routes,
+        *admin_billing.routes,
+        *admin_limits.routes,
+        *admin_identity_providers.routes,
+    ]
     declared = {
         (m, r.path)
         for r in routes
