@@ -19,6 +19,7 @@ from switchboard.api import (
     auth_external,
     auth_sessions,
     health,
+    metrics,
 )
 from switchboard.api.admin_access import guard
 from switchboard.api.anthropic import AnthropicSurface
@@ -85,6 +86,7 @@ def create_app(
     framework = Starlette(
         routes=[
             *health.routes,
+            *metrics.routes,
             *auth_sessions.routes,
             *auth_external.routes,
             *guard(

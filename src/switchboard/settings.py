@@ -170,6 +170,10 @@ class Settings(BaseSettings):
         description="URL that receives every budget alert (threshold crossed, budget exceeded) "
         "as a JSON POST, for every tenant.",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token GET /metrics requires; unset, /metrics is open.",
+    )
     cache_url: str | None = Field(
         default=None,
         description="Redis URL for the response cache, shared by every replica "

@@ -47,6 +47,7 @@ from switchboard.limits import MemoryLimiter
 from switchboard.metering.charging import charge
 from switchboard.metering.recorder import UsageRecorder
 from switchboard.metering.usage import UsageEvent
+from switchboard.observability.metrics import Metrics
 from switchboard.providers.base import JSON
 from switchboard.store.database import utcnow
 
@@ -93,6 +94,7 @@ class Gateway:
         self.recorder = recorder
         self.cache: ResponseCache = cache or MemoryCache()
         self.limits = limits or RequestLimits(MemoryLimiter())
+        self.metrics = Metrics(known_model=self.catalog.__contains__)
 
     def visible_models(self, caller: Caller) -> list[str]:
         return visible_models(self.catalog, caller)
@@ -167,6 +169,7 @@ class Gateway:
         event.latency_ms = round((time.perf_counter() - event.started) * 1000)
         event.started = 0.0
         self.limits.settle(event)
+        self.metrics.observe(event)
         self.recorder.record(event)
 
     async def _attempt(

@@ -91,6 +91,9 @@ class ModelCatalog:
     def names(self) -> list[str]:
         return sorted(self._routes)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._routes
+
     def deployments(self, name: str) -> list[Deployment]:
         route = self._routes.get(name)
         return list(route.deployments) if route else []

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics fed by the usage events (see `metrics`)."""
