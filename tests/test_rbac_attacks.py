@@ -414,3 +414,34 @@ def test_a_key_with_another_tenants_id_is_refused(world: World) -> None:
             chat(w.gateway, w.keys["red_user"]["key"], **{"X-Tenant-Id": other})
         assert refused_key.value.code == "tenant_mismatch"
     assert chat(w.gateway, w.keys["red_user"]["key"], **{"X-Tenant-Id": w.a}).status_code == 200
+
+
+# -- key policies and budgets: limits are a tenant admin's to set ----------------------------
+
+
+def test_key_policies_and_budgets_stay_in_scope(world: World) -> None:
+    w = world
+    own, blue, b_key = (w.keys[n]["id"] for n in ("red_user", "blue_user", "b_user"))
+    generous = {"rate_limit_per_minute": 1_000_000, "monthly_budget_usd": 1_000_000}
+    # A user reads their own key's limits, but cannot raise them, nor read a colleague's.
+    assert w.call("red_user", "GET", f"/admin/v1/keys/{own}/policy").status_code == 200
+    refused(w.call("red_user", "PUT", f"/admin/v1/keys/{own}/policy", json=generous), 403)
+    refused(w.call("red_user", "GET", f"/admin/v1/keys/{blue}/policy"), 403, "outside_scope")
+    refused(w.call("red_user", "GET", f"/admin/v1/tenants/{w.a}/budget"), 403)
+    # Another tenant's admin cannot see or set them; the key does not exist for them.
+    refused(w.call("b_admin", "GET", f"/admin/v1/keys/{own}/policy"), 404)
+    refused(w.call("b_admin", "PUT", f"/admin/v1/keys/{own}/policy", json=generous), 404)
+    refused(w.call("b_admin", "GET", f"/admin/v1/tenants/{w.a}/budget"), 403, "outside_scope")
+    refused(w.call("a_admin", "PUT", f"/admin/v1/keys/{b_key}/policy", json=generous), 404)
+    # The tenant's own admin can, and the change is audited without the values.
+    tight = {"rate_limit_per_minute": 7}
+    assert w.call("a_admin", "PUT", f"/admin/v1/keys/{blue}/policy", json=tight).status_code == 200
+    assert w.call("a_admin", "GET", f"/admin/v1/tenants/{w.a}/budget").status_code == 200
+    audit = w.call("a_admin", "GET", "/admin/v1/audit", params={"action": "key.policy.update"})
+    assert audit.status_code == 200, audit.text
+    [row] = [r for r in audit.json()["data"] if r["target"] == blue]
+    assert row["details"]["fields"] == ["rate_limit_per_minute"]
+    assert (
+        w.call("red_user", "GET", f"/admin/v1/keys/{own}/policy").json()["rate_limit_per_minute"]
+        is None
+    )

@@ -16,24 +16,33 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from switchboard.api.admin import _admin, _object
+from switchboard.api.admin_access import access
 from switchboard.api.http import JSONResponse
 from switchboard.errors import InvalidRequest
 from switchboard.limits.budgets import month_of
 from switchboard.policy.limit_set import KeyPolicy
 from switchboard.store.database import utcnow
+from switchboard.store.keys import ApiKey
 from switchboard.store.spend import monthly_spend
+
+
+def _key(request: Request) -> ApiKey:
+    """The key the access guard resolved (within the caller's scope)."""
+    key = access(request).key
+    assert key is not None  # the rule's target is "key"
+    return key
 
 
 async def get_key_policy(request: Request) -> Response:
     rt = await _admin(request)
-    key = await rt.platform.keys.get(request.path_params["key_id"])
+    key = _key(request)
     policy = await rt.platform.key_policies.get(key.tenant_id, key.id)
     return JSONResponse({"key_id": key.id, **policy.model_dump()})
 
 
 async def put_key_policy(request: Request) -> Response:
     rt = await _admin(request)
-    key = await rt.platform.keys.get(request.path_params["key_id"])
+    key = _key(request)
     body = await _object(request)
     body.pop("key_id", None)
     try:
@@ -43,13 +52,15 @@ async def put_key_policy(request: Request) -> Response:
         where = ".".join(str(p) for p in first["loc"]) or None
         raise InvalidRequest(f"invalid key policy: {where}: {first['msg']}", param=where) from None
     await rt.platform.key_policies.put(key.tenant_id, key.id, policy)
+    access(request).audit(fields=sorted(policy.model_dump(exclude_defaults=True)))
     rt.keys.forget(key_id=key.id)
     return JSONResponse({"key_id": key.id, **policy.model_dump()})
 
 
 async def tenant_budget(request: Request) -> Response:
     rt = await _admin(request)
-    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
+    tenant = access(request).tenant
+    assert tenant is not None  # the rule's target is "tenant"
     month = request.query_params.get("month") or month_of(utcnow())
     if len(month) != 7 or month[4] != "-" or not (month[:4] + month[5:]).isdigit():
         raise InvalidRequest("'month' must look like 2026-11", param="month")
