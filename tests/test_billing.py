@@ -196,6 +196,10 @@ def test_billed_amount_rules() -> None:
     assert billed_amount(fixed, event) == pytest.approx((1000 * 2 + 500 * 4) / 1e6)
     assert billed_amount(fixed, _event(model="other")) == pytest.approx(0.1)
     assert billed_amount(fixed, _event(cached=True)) == 0.0  # cache hits are not billed
+    hits = PlanTerms(markup_percent=50, cache_hit_per_1m=0.4)  # unless the plan prices them
+    hit = _event(cached=True)
+    assert billed_amount(hits, hit) == pytest.approx((1000 + 500) * 0.4 / 1e6)
+    assert billed_amount(hits, hit.as_row()) == billed_amount(hits, hit)
     assert billed_amount(fixed, event.as_row()) == billed_amount(fixed, event)
 
 
@@ -248,3 +252,21 @@ async def test_billing_sink_bills_each_event_by_its_own_tenant_and_time() -> Non
         "b": (0.02, "EUR", 8),
         "other": (0.01, "USD", None),
     }
+
+
+def test_cache_hits_are_billed_at_the_plans_own_price(gateway: RunningGateway) -> None:
+    key = gateway.new_tenant("cache-price")
+    slug = gateway.keys["cache-price:slug"]
+    config = {"cache": {"enabled": True, "ttl_seconds": 60}}
+    assert gateway.admin("PUT", f"/admin/v1/tenants/{slug}/config", json=config).status_code == 200
+    assert put_plan(gateway, "cache-price", markup_percent=100, cache_hit_per_1m=2.0).is_success
+    first = chat(gateway, key)
+    hit = chat(gateway, key)
+    served, cached = gateway.usage_of("cache-price", first), gateway.usage_of("cache-price", hit)
+    assert not served["cached"]
+    assert served["billed_amount"] == pytest.approx(served["cost_usd"] * 2)
+    assert cached["cached"]
+    assert cached["cost_usd"] == 0
+    tokens = cached["tokens_input"] + cached["tokens_output"]
+    assert tokens > 0
+    assert cached["billed_amount"] == pytest.approx(tokens * 2.0 / 1e6)

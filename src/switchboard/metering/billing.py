@@ -45,6 +45,12 @@ class PlanTerms(BaseModel):
     included_allowance: float = Field(
         default=0.0, ge=0, description="Billed amount included each month, in `currency`."
     )
+    cache_hit_per_1m: float = Field(
+        default=0.0,
+        ge=0,
+        description="What an answer from the response cache is billed, in `currency` per 1M "
+        "of its tokens (prompt and completion); 0 by default: hits are free.",
+    )
 
     @model_validator(mode="after")
     def _usd_is_usd(self) -> PlanTerms:
@@ -89,7 +95,15 @@ def plan_at(history: Sequence[PlanVersion], tenant_id: str, when: datetime) -> P
 
 
 def billed_amount(terms: PlanTerms, row: Mapping[str, Any] | UsageEvent) -> float:
-    """What the tenant is billed for one event (before the monthly allowance)."""
+    """What the tenant is billed for one event (before the monthly allowance). A cache hit
+    costs the platform nothing and is billed at the plan's own cache-hit price."""
+    if row["cached"] if isinstance(row, Mapping) else row.cached:
+        tokens = (
+            int(row["tokens_input"]) + int(row["tokens_output"])
+            if isinstance(row, Mapping)
+            else row.tokens_input + row.tokens_output
+        )
+        return tokens * terms.cache_hit_per_1m / 1_000_000
     model = row["model"] if isinstance(row, Mapping) else row.model
     fixed = terms.model_prices.get(str(model))
     if fixed is not None:
