@@ -26,7 +26,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -34,7 +33,6 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
 from botocore.utils import percent_encode
-from yarl import URL
 
 from switchboard.config import ProviderConfig
 from switchboard.errors import (
@@ -53,7 +51,14 @@ from switchboard.providers.bedrock_format import (
     to_converse,
     to_titan_embed,
 )
-from switchboard.providers.transport import new_session, read_json, send
+from switchboard.providers.http1 import Response
+from switchboard.providers.transport import (
+    default_headers,
+    merge_headers,
+    new_client,
+    read_json,
+    send,
+)
 
 SERVICE = "bedrock"  # the SigV4 signing name of both bedrock-runtime and the control plane
 EMBED_CONCURRENCY = 8  # InvokeModel calls in flight for one embeddings request
@@ -98,7 +103,8 @@ class BedrockProvider:
         self._region = config.region
         self._base_url = config.base_url
         self._control_url = control_plane_url(config)
-        self._session = new_session(config, auth_headers={})
+        self._client = new_client(config)
+        self._headers = default_headers(config, auth_headers={})  # sent, not signed
         self._credentials: Any = None
         self._credentials_lock = asyncio.Lock()
 
@@ -136,7 +142,7 @@ class BedrockProvider:
         return [m["modelId"] for m in summaries if isinstance(m, dict) and "modelId" in m]
 
     async def aclose(self) -> None:
-        await self._session.close()
+        await self._client.aclose()
 
     # --- signing and sending ----------------------------------------------------------
 
@@ -165,7 +171,7 @@ class BedrockProvider:
 
     async def _request(
         self, method: str, url: str, body: JSON | None = None, *, accept: str | None = None
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """Sign and send; return the response once its status is 2xx, raise a mapped error
         else (by ``x-amzn-ErrorType`` first, then by status)."""
         data = orjson.dumps(body) if body is not None else None
@@ -174,13 +180,12 @@ class BedrockProvider:
             headers["Accept"] = accept
         headers = await self._signed_headers(method, url, data, headers)
         return await send(
-            self._session,
             self.name,
-            method,
-            URL(url, encoded=True),  # keep %3A in model ids as signed
-            data=data,
-            headers=headers,
-            status_of=lambda r: error_status(r.headers.get("x-amzn-ErrorType"), r.status),
+            # The URL goes out byte for byte (%3A in model ids stays as signed).
+            self._client.request(
+                method, url, headers=merge_headers(self._headers, headers), body=data
+            ),
+            status_of=lambda r: error_status(r.header("x-amzn-ErrorType"), r.status),
         )
 
     async def _json(
@@ -192,9 +197,7 @@ class BedrockProvider:
 class EventChunkStream:
     """A `ChunkStream` over a binary AWS event stream: one batch of chunks per read."""
 
-    def __init__(
-        self, provider: str, resp: aiohttp.ClientResponse, decode: BedrockStreamDecoder
-    ) -> None:
+    def __init__(self, provider: str, resp: Response, decode: BedrockStreamDecoder) -> None:
         self._provider = provider
         self._resp = resp
         self._decode = decode
@@ -205,16 +208,16 @@ class EventChunkStream:
     async def _iterate(self) -> AsyncIterator[list[JSON]]:
         buffer = EventStreamBuffer()
         try:
-            async for data in self._resp.content.iter_any():
+            async for data in self._resp.iter_chunks():
                 buffer.add_data(data)
                 chunks, failure = self._drain(buffer)
                 if chunks:
                     yield chunks
                 if failure is not None:
                     raise failure
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self._provider!r} stalled mid-stream") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise UpstreamUnavailable(
                 f"provider {self._provider!r} broke off the stream: {exc}"
             ) from exc

@@ -1,15 +1,14 @@
-"""The HTTP client every adapter shares: pooled keep-alive connections, timeouts from config,
-and the one place where transport failures and upstream statuses become Switchboard errors."""
+"""What every adapter shares to reach its upstream: the HTTP client (`http1`) set up from the
+provider's config (pooled keep-alive connections, its timeouts, its headers), and the one
+place where transport failures and upstream statuses become Switchboard errors."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
-from yarl import URL
 
 from switchboard.config import ProviderConfig
 from switchboard.errors import (
@@ -22,6 +21,7 @@ from switchboard.errors import (
     UpstreamUnavailable,
 )
 from switchboard.providers.base import JSON
+from switchboard.providers.http1 import Client, Response, encode_headers, request_bytes, split_url
 
 _MAX_ERROR_BODY = 64 * 1024
 # How OpenAI, vLLM, Anthropic, Bedrock and Ollama word "the prompt is too long".
@@ -32,92 +32,99 @@ _CONTEXT = re.compile(
 )
 
 
-def new_session(
+def default_headers(
     config: ProviderConfig, auth_headers: Mapping[str, str] | None = None
-) -> aiohttp.ClientSession:
-    """``auth_headers`` replace the default ``Authorization: Bearer <api_key>`` for upstreams
-    that authenticate another way (Anthropic's ``x-api-key``)."""
+) -> dict[str, str]:
+    """What every request to the provider carries. ``auth_headers`` replace the default
+    ``Authorization: Bearer <api_key>`` for upstreams that authenticate another way
+    (Anthropic's ``x-api-key``)."""
     headers = {"Content-Type": "application/json", **config.headers}
     if auth_headers is not None:
         headers.update(auth_headers)
     elif config.api_key is not None:
         headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
-    return aiohttp.ClientSession(
-        base_url=None,
-        headers=headers,
-        connector=aiohttp.TCPConnector(
-            limit=config.max_connections, ttl_dns_cache=300, keepalive_timeout=30
-        ),
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout, sock_read=config.read_timeout
-        ),
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
+    return headers
+
+
+def merge_headers(base: Mapping[str, str], overrides: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with ``overrides`` on top, names compared without regard to case."""
+    taken = {name.lower() for name in overrides}
+    return {**{k: v for k, v in base.items() if k.lower() not in taken}, **overrides}
+
+
+def new_client(config: ProviderConfig) -> Client:
+    return Client(
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        max_connections=config.max_connections,
     )
 
 
 class Upstream:
-    """One provider's base URL and session; every request goes through `request`."""
+    """One provider's base URL and connections; every request goes through `request`. The
+    header lines are encoded once, so a request costs one join and one write."""
 
     def __init__(
         self, config: ProviderConfig, auth_headers: Mapping[str, str] | None = None
     ) -> None:
         self.name = config.name
         self.base_url = config.base_url
-        self.session = new_session(config, auth_headers)
+        self.client = new_client(config)
+        scheme, host, port, host_header, prefix = split_url(config.base_url)
+        self._pool = self.client.pool(scheme, host, port)
+        self._prefix = prefix.rstrip("/")
+        headers = default_headers(config, auth_headers)
+        self._head = encode_headers([("Host", host_header), *headers.items()])
 
-    async def request(
-        self, method: str, path: str, body: JSON | None = None
-    ) -> aiohttp.ClientResponse:
+    async def request(self, method: str, path: str, body: JSON | None = None) -> Response:
         """Send and return the response once its status is 2xx; raise a mapped error else."""
         data = orjson.dumps(body) if body is not None else None
-        return await send(self.session, self.name, method, self.base_url + path, data=data)
+        return await send(
+            self.name,
+            self._pool.request(request_bytes(method, self._prefix + path, self._head, data)),
+        )
 
     async def json(self, method: str, path: str, body: JSON | None = None) -> JSON:
         return await read_json(self.name, await self.request(method, path, body))
 
     async def aclose(self) -> None:
-        await self.session.close()
+        await self.client.aclose()
 
 
 async def send(
-    session: aiohttp.ClientSession,
     provider: str,
-    method: str,
-    url: str | URL,
+    request: Coroutine[Any, Any, Response],
     *,
-    data: bytes | None,
-    headers: Mapping[str, str] | None = None,
-    status_of: Callable[[aiohttp.ClientResponse], int] | None = None,
-) -> aiohttp.ClientResponse:
-    """Send one request; return the response once its status is 2xx, raise a mapped error
-    else. ``status_of`` lets a protocol say which status an error really is (Bedrock names
-    its errors in a header)."""
+    status_of: Callable[[Response], int] | None = None,
+) -> Response:
+    """Await a request sent with the client (`Pool.request`, `Client.request`); return the
+    response once its status is 2xx, raise a mapped error else. ``status_of`` lets a
+    protocol say which status an error really is (Bedrock names its errors in a header)."""
     try:
-        resp = await session.request(method, url, data=data, headers=headers)
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        resp = await request
+    except TimeoutError as exc:
         raise UpstreamTimeout(f"provider {provider!r} did not answer in time") from exc
-    except aiohttp.ClientError as exc:
+    except OSError as exc:
         raise UpstreamUnavailable(f"provider {provider!r} unreachable: {exc}") from exc
     if resp.status >= 300:
         try:
-            raw = await resp.content.read(_MAX_ERROR_BODY)
-        except (TimeoutError, aiohttp.ClientError):
+            raw = await resp.read(_MAX_ERROR_BODY)
+        except OSError:  # a timeout included
             raw = b""
         finally:
             resp.release()
         status = status_of(resp) if status_of is not None else resp.status
-        raise status_error(provider, status, raw, resp.headers.get("Retry-After"))
+        raise status_error(provider, status, raw, resp.header("Retry-After"))
     return resp
 
 
-async def read_json(provider: str, resp: aiohttp.ClientResponse) -> JSON:
+async def read_json(provider: str, resp: Response) -> JSON:
     """The JSON object of a 2xx response, read whole; the response is released either way."""
     try:
         data = orjson.loads(await resp.read())
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeout(f"provider {provider!r} stopped answering") from exc
-    except aiohttp.ClientError as exc:
+    except OSError as exc:
         raise UpstreamUnavailable(f"provider {provider!r} broke off: {exc}") from exc
     except orjson.JSONDecodeError as exc:
         raise UpstreamUnavailable(f"provider {provider!r} sent invalid JSON") from exc
@@ -178,7 +185,7 @@ class ResponseStream:
     def __init__(
         self,
         provider: str,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         decode: Callable[[list[bytes]], list[JSON]],
     ) -> None:
         self._provider = provider
@@ -191,7 +198,7 @@ class ResponseStream:
     async def _iterate(self) -> AsyncIterator[list[JSON]]:
         buffer = b""
         try:
-            async for data in self._resp.content.iter_any():
+            async for data in self._resp.iter_chunks():
                 buffer += data
                 if b"\n" not in data:
                     continue
@@ -203,9 +210,9 @@ class ResponseStream:
                 chunks = self._decode([buffer])
                 if chunks:
                     yield chunks
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"provider {self._provider!r} stalled mid-stream") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise UpstreamUnavailable(
                 f"provider {self._provider!r} broke off the stream: {exc}"
             ) from exc
