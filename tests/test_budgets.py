@@ -19,14 +19,9 @@ from redis.asyncio import Redis
 from conftest import REDIS_URL, redis_or_fail
 from switchboard.auth.keys import Caller
 from switchboard.errors import BudgetExceeded, RateLimited
-from switchboard.gateway.limiting import (
-    BudgetAlert,
-    Demand,
-    RequestLimits,
-    Subject,
-    WorstPrice,
-    subjects,
-)
+from switchboard.gateway.budgeting import BudgetAlert, WorstPrice
+from switchboard.gateway.limiting import RequestLimits
+from switchboard.gateway.scopes import Demand, Subject, subjects
 from switchboard.limits import MemoryLimiter, RedisLimiter
 from switchboard.limits.budgets import (
     NANO,

@@ -24,7 +24,8 @@ from switchboard.errors import ConfigError
 from switchboard.gateway import Gateway, Router, build_catalog
 from switchboard.gateway.budget_alerts import WebhookNotifier
 from switchboard.gateway.cache import MemoryCache, RedisCache, ResponseCache
-from switchboard.gateway.limiting import RequestLimits, Subject
+from switchboard.gateway.limiting import RequestLimits
+from switchboard.gateway.scopes import Subject
 from switchboard.limits import MemoryLimiter, RedisLimiter
 from switchboard.limits.budgets import BudgetStore, MemoryBudgets, RedisBudgets
 from switchboard.metering import PriceTable, UsageRecorder

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from switchboard.gateway.limiting import BudgetAlert
+from switchboard.gateway.budgeting import BudgetAlert
 
 log = logging.getLogger("switchboard.budgets")
 

@@ -23,10 +23,12 @@ from typing import Any, TypeVar
 from switchboard.auth.keys import Caller
 from switchboard.errors import SwitchboardError, UpstreamTimeout
 from switchboard.gateway.assemble import assemble, replay
+from switchboard.gateway.budgeting import WorstPrice
 from switchboard.gateway.cache import MemoryCache, ResponseCache, allows_cache, cache_key
-from switchboard.gateway.limiting import Demand, RequestLimits, WorstPrice
+from switchboard.gateway.limiting import RequestLimits
 from switchboard.gateway.router import Attempts, Router
 from switchboard.gateway.routing import Deployment, ModelCatalog
+from switchboard.gateway.scopes import Demand
 from switchboard.gateway.screening import (
     check_model,
     refusal_completion,
