@@ -175,6 +175,18 @@ async def test_special_characters_in_names_still_work(slapd: Slapd) -> None:
         assert who.groups == (f"cn=sb-users,{GROUPS}",)
 
 
+@pytest.mark.parametrize("mode", ["ldaps", "start_tls"])
+async def test_tls_with_certificate_verification(slapd: Slapd, mode: str) -> None:
+    cfg = direct(slapd, ca_file=str(slapd.ca_file), start_tls=mode == "start_tls")
+    if mode == "ldaps":
+        cfg = cfg.model_copy(update={"urls": [slapd.ldaps_url]})
+    who = await ldap_login(cfg, None, "alice", "alice-pw-1")
+    assert who.email == "alice@example.org"
+    untrusted = cfg.model_copy(update={"ca_file": None})  # the system's CAs do not know it
+    with pytest.raises(UpstreamUnavailable):
+        await ldap_login(untrusted, None, "alice", "alice-pw-1")
+
+
 async def test_service_account_with_wrong_password_is_a_directory_error(slapd: Slapd) -> None:
     with pytest.raises(UpstreamUnavailable):
         await ldap_login(searching(slapd), "not-the-password", "alice", "alice-pw-1")

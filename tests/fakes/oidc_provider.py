@@ -7,7 +7,9 @@ Two issuer shapes on one server, each with its own discovery document:
   ``/finance``) and ``azp``;
 * Microsoft Entra ID: ``/<tenant id>/v2.0`` (endpoints ``/<tid>/oauth2/v2.0/...``, keys at
   ``/<tid>/discovery/v2.0/keys``); ID tokens carry ``tid``, ``oid``, ``roles`` (app roles),
-  ``groups`` (object ids) and ``ver: "2.0"``.
+  ``groups`` (object ids) and ``ver: "2.0"``. Under ``/organizations`` (or ``/common``) the
+  discovery document names the issuer ``.../{tenantid}/v2.0`` and each token's ``iss`` and
+  ``tid`` carry the user's ``home_tenant``, as Entra's multi-tenant endpoints do.
 
 ``/authorize`` consents at once for the user named by ``login_hint`` (or
 ``app.state.default_user``) and redirects back with a code. It requires ``response_type=code``,
@@ -42,6 +44,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 CODE_TTL = 60
+MULTI_TENANT = ("common", "organizations")  # Entra's endpoints for any directory
 ID_TOKEN_TTL = 300
 
 
@@ -61,6 +64,7 @@ class User:
     client_roles: list[str] = field(default_factory=list)  # Keycloak resource_access roles
     department: str | None = None
     email_verified: bool | None = True
+    home_tenant: str | None = None  # Entra: the user's directory, on /common, /organizations
 
 
 @dataclass
@@ -134,6 +138,9 @@ class _Provider:
                 "token_endpoint": f"{base}/oauth2/v2.0/token",
                 "jwks_uri": f"{base}/discovery/v2.0/keys",
             }
+        if style == "entra" and request.path_params["tid"] in MULTI_TENANT:
+            # Entra names a template here; each token's iss carries the user's directory.
+            issuer = f"{str(request.base_url).rstrip('/')}/{{tenantid}}/v2.0"
         return _json(
             {
                 "issuer": issuer,
@@ -267,6 +274,9 @@ class _Provider:
                 claims["department"] = user.department
         else:
             tid = grant.issuer.rsplit("/", 2)[-2]
+            if tid in MULTI_TENANT:
+                claims["iss"] = grant.issuer.replace(f"/{tid}/", f"/{user.home_tenant}/")
+                tid = str(user.home_tenant)
             claims.update(tid=tid, oid=user.sub, ver="2.0", roles=user.roles, groups=user.groups)
             if user.department:
                 claims["extension_Department"] = user.department

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
 import secrets
 import shutil
@@ -23,11 +24,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import ldap3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import escape_rdn
 
@@ -78,6 +84,49 @@ def ssha(password: str) -> str:
     return "{SSHA}" + base64.b64encode(digest + salt).decode()
 
 
+def write_certificates(directory: Path) -> None:
+    """A throw-away CA (ca.pem) and a server certificate for 127.0.0.1 signed by it
+    (server.pem, server.key), so the tests can check LDAPS and StartTLS with verification."""
+    now = datetime.now(UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("Switchboard test CA"))
+        .issuer_name(name("Switchboard test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "server.pem").write_bytes(cert.public_bytes(pem))
+    (directory / "server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -103,9 +152,12 @@ class Slapd:
         self.service_password = "service-" + secrets.token_hex(8)
         self.port = _free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        self.tls_port = _free_port()
+        self.ldaps_url = f"ldaps://127.0.0.1:{self.tls_port}"
         self._dir = Path(tempfile.mkdtemp(prefix="sb-slapd-"))
         self._process: subprocess.Popen[bytes] | None = None
         self.people = {p.uid: p for p in PEOPLE_LIST}
+        self.ca_file = self._dir / "ca.pem"
 
     def _config(self) -> str:
         schemas = "\n".join(
@@ -116,6 +168,9 @@ class Slapd:
 modulepath {MODULE_DIR}
 moduleload back_mdb
 moduleload memberof
+TLSCACertificateFile {self.ca_file}
+TLSCertificateFile {self._dir / "server.pem"}
+TLSCertificateKeyFile {self._dir / "server.key"}
 pidfile {self._dir / "slapd.pid"}
 argsfile {self._dir / "slapd.args"}
 allow bind_anon_cred bind_anon_dn
@@ -168,6 +223,7 @@ access to *
 
     def start(self) -> Self:
         (self._dir / "data").mkdir()
+        write_certificates(self._dir)
         conf = self._dir / "slapd.conf"
         conf.write_text(self._config())
         ldif = self._dir / "people.ldif"
@@ -180,7 +236,7 @@ access to *
         )
         with (self._dir / "slapd.log").open("wb") as log:  # the child keeps its own copy
             self._process = subprocess.Popen(  # -d 0: stay in the foreground, log nothing
-                [SLAPD, "-d", "0", "-f", str(conf), "-h", self.url + "/"],
+                [SLAPD, "-d", "0", "-f", str(conf), "-h", f"{self.url}/ {self.ldaps_url}/"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

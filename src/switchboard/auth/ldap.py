@@ -102,8 +102,8 @@ class _Directory:
             self.opened.append(conn)
             try:
                 conn.open()
-            except LDAPSocketOpenError:
-                log.warning("LDAP server %s is unreachable", server.name)
+            except LDAPSocketOpenError as exc:
+                log.warning("LDAP server %s is unreachable: %s", server.name, exc)
                 self.servers.remove(server)
                 continue
             self.servers = [server]
