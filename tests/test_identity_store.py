@@ -6,13 +6,13 @@ import secrets
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from switchboard.errors import InvalidRequest, NotFound
 from switchboard.platform import Platform
 from switchboard.store.audit import AuditFilter
-from switchboard.store.schema import audit_log, users
+from switchboard.store.schema import audit_log, departments, users
 from switchboard.store.tenants import Tenant
 
 
@@ -151,3 +151,26 @@ async def test_audit_log_is_append_only(platform: Platform) -> None:
             async with platform.db.engine.begin() as conn:
                 await conn.execute(text("TRUNCATE audit_log"))
     assert len(await platform.audit.query(AuditFilter(tenant_id=t.id))) == 3
+
+
+async def test_a_tenant_scope_sees_only_its_own_people(platform: Platform) -> None:
+    """On PostgreSQL, row-level security hides other tenants' people and audit rows even from
+    a query that forgets its tenant filter (on SQLite the scope is a plain transaction)."""
+    a, b = await new_tenant(platform), await new_tenant(platform)
+    mine = await platform.users.create(a.id, email(), role="user")
+    await platform.users.create(b.id, email(), role="user")
+    await platform.departments.create(b.id, "Theirs")
+    await platform.audit.append(
+        actor_kind="cli", actor_id=None, actor_role=None, tenant_id=b.id, action="test.b"
+    )
+    async with platform.db.tenant_scope(a.id) as conn:
+        seen_users = set((await conn.execute(select(users.c.tenant_id))).scalars())
+        seen_departments = set((await conn.execute(select(departments.c.tenant_id))).scalars())
+        seen_audit = set((await conn.execute(select(audit_log.c.tenant_id))).scalars())
+    if platform.db.dialect == "postgresql":
+        assert seen_users == {a.id}
+        assert seen_departments <= {a.id}
+        assert seen_audit <= {a.id}
+    else:
+        assert {a.id, b.id} <= seen_users
+    assert await platform.users.list(a.id) == [mine]

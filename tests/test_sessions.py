@@ -227,3 +227,26 @@ def test_tokens_are_not_api_keys(gateway: RunningGateway) -> None:
         timeout=10,
     )
     assert chat.status_code == 401
+
+
+def test_a_user_changes_their_own_password(gateway: RunningGateway) -> None:
+    person = tenant_user(gateway)
+    here, elsewhere = tokens(gateway.url, person), tokens(gateway.url, person)
+    new = "another fine passphrase"
+
+    def change(current: str, new_password: str) -> httpx.Response:
+        return httpx.post(
+            gateway.url + "/auth/v1/password",
+            headers=bearer(here["access_token"]),
+            json={"current_password": current, "new_password": new_password},
+            timeout=10,
+        )
+
+    assert error(change("not it at all", new))[2] == "invalid_credentials"
+    short = change(person.password, "short")
+    assert (short.status_code, short.json()["error"]["param"]) == (400, "new_password")
+    assert change(person.password, new).status_code == 204
+    assert me(gateway, here["access_token"]).status_code == 200  # this session goes on
+    assert error(me(gateway, elsewhere["access_token"]))[2] == "session_revoked"
+    assert error(login(gateway.url, person))[2] == "invalid_credentials"
+    assert login(gateway.url, Person(person.user, new, person.tenant)).status_code == 200

@@ -64,6 +64,17 @@ async def logout(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def change_password(request: Request) -> Response:
+    rt = runtime(request)
+    principal = await session_principal(request, rt)
+    body = await _body(request)
+    current, new = _string(body, "current_password"), _string(body, "new_password")
+    assert current is not None
+    assert new is not None
+    await rt.sessions.change_password(principal, current, new, client_info(request))
+    return Response(status_code=204)
+
+
 async def me(request: Request) -> Response:
     rt = runtime(request)
     principal = await session_principal(request, rt)
@@ -77,4 +88,5 @@ routes = [
     Route("/auth/v1/refresh", refresh, methods=["POST"]),
     Route("/auth/v1/logout", logout, methods=["POST"]),
     Route("/auth/v1/me", me, methods=["GET"]),
+    Route("/auth/v1/password", change_password, methods=["POST"]),
 ]

@@ -21,7 +21,7 @@ from typing import Any
 
 from switchboard.auth.audit import Auditor, ClientInfo
 from switchboard.auth.external import ExternalIdentity
-from switchboard.auth.passwords import verify_password
+from switchboard.auth.passwords import check_password, hash_password, verify_password
 from switchboard.auth.roles import Principal, Role, check_role
 from switchboard.auth.throttle import LoginThrottle
 from switchboard.auth.tokens import AccessTokens
@@ -303,10 +303,47 @@ class SessionService:
             client=client,
         )
 
-    async def end_user_sessions(self, user_id: str, reason: str) -> None:
-        """Revoke every session of a user (disabled, deleted, password changed)."""
-        for session_id in await self._platform.sessions.revoke_user(user_id, reason):
+    async def end_user_sessions(
+        self, user_id: str, reason: str, *, keep: str | None = None
+    ) -> None:
+        """Revoke every session of a user but ``keep`` (disabled, deleted, password changed)."""
+        for session_id in await self._platform.sessions.revoke_user(user_id, reason, keep=keep):
             self._forget(session_id)
+
+    async def change_password(
+        self, principal: Principal, current: str, new: str, client: ClientInfo
+    ) -> None:
+        """A signed-in local user sets a new password: the current one must match (failures
+        count towards the sign-in throttle); every other session of theirs ends."""
+        assert principal.user_id is not None
+        new = check_password(new, "new_password")
+        found = await self._platform.users.credentials(principal.tenant_id, principal.email or "")
+        stored = found[1] if found and found[0].id == principal.user_id else None
+        throttle_key = (principal.tenant_id or "", principal.email or "", client.ip or "")
+        self._throttle.check(throttle_key)
+        if not await verify_password(stored, current):
+            self._throttle.failed(throttle_key)
+            await self._audit.record(
+                principal,
+                "auth.password_change",
+                tenant_id=principal.tenant_id,
+                target=principal.user_id,
+                outcome="failed",
+                client=client,
+            )
+            raise AuthenticationFailed("the current password is wrong", code="invalid_credentials")
+        self._throttle.succeeded(throttle_key)
+        await self._platform.users.update(
+            principal.tenant_id, principal.user_id, password_hash=await hash_password(new)
+        )
+        await self.end_user_sessions(principal.user_id, "password", keep=principal.session_id)
+        await self._audit.record(
+            principal,
+            "auth.password_change",
+            tenant_id=principal.tenant_id,
+            target=principal.user_id,
+            client=client,
+        )
 
     # -- access tokens ---------------------------------------------------------------------
 

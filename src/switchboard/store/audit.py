@@ -118,5 +118,5 @@ class AuditRepository:
         if where.before is not None:
             query = query.where(audit_log.c.id < where.before)
         query = query.order_by(audit_log.c.id.desc()).limit(where.limit)
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(where.tenant_id) as conn:
             return [_entry(r) for r in (await conn.execute(query)).mappings()]

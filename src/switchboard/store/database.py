@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,13 @@ class Database:
             if self.dialect == "postgresql":
                 await conn.execute(_ENTER_SCOPE, {"role": ROLE, "tenant": tenant_id})
             yield conn
+
+    def reading(self, tenant_id: str | None) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for reads: in ``tenant_id``'s scope when given (row-level security on
+        PostgreSQL), else the platform's own (platform admins, tenantless rows)."""
+        if tenant_id is None:
+            return self.engine.connect()
+        return self.tenant_scope(tenant_id)
 
     async def upsert(
         self, table: Table, values: dict[str, Any], key: str, update: tuple[str, ...]

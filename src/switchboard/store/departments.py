@@ -63,7 +63,7 @@ class DepartmentRepository:
         query = select(departments).where(departments.c.tenant_id == tenant_id)
         if department_id is not None:
             query = query.where(departments.c.id == department_id)
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             rows = (await conn.execute(query.order_by(departments.c.name))).mappings()
             return [_department(r) for r in rows]
 
@@ -71,7 +71,7 @@ class DepartmentRepository:
         query = select(departments).where(
             departments.c.tenant_id == tenant_id, departments.c.id == department_id
         )
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             raise NotFound(f"no department {department_id!r}", param="department_id")
@@ -81,7 +81,7 @@ class DepartmentRepository:
         query = select(departments).where(
             departments.c.tenant_id == tenant_id, departments.c.name == name.strip()
         )
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else _department(row)
 

@@ -144,16 +144,14 @@ class SessionRepository:
                 .values(revoked_at=utcnow(), revoked_reason=reason)
             )
 
-    async def revoke_user(self, user_id: str, reason: str) -> list[str]:
-        """Revoke every live session of a user; return their ids."""
-        query = select(sessions.c.id).where(
-            sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)
-        )
+    async def revoke_user(self, user_id: str, reason: str, *, keep: str | None = None) -> list[str]:
+        """Revoke every live session of a user but ``keep``; return their ids."""
+        live = [sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None)]
+        if keep is not None:
+            live.append(sessions.c.id != keep)
         async with self._db.engine.begin() as conn:
-            ids = list((await conn.execute(query)).scalars())
+            ids = list((await conn.execute(select(sessions.c.id).where(*live))).scalars())
             await conn.execute(
-                update(sessions)
-                .where(sessions.c.user_id == user_id, sessions.c.revoked_at.is_(None))
-                .values(revoked_at=utcnow(), revoked_reason=reason)
+                update(sessions).where(*live).values(revoked_at=utcnow(), revoked_reason=reason)
             )
         return ids

@@ -124,7 +124,7 @@ class UserRepository:
 
     async def get(self, tenant_id: str | None, user_id: str) -> User:
         query = _in_tenant(select(users).where(users.c.id == user_id), tenant_id)
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             raise NotFound(f"no user {user_id!r}", param="user_id")
@@ -149,13 +149,13 @@ class UserRepository:
             query = query.where(users.c.department_id == department_id)
         if user_id is not None:
             query = query.where(users.c.id == user_id)
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             rows = (await conn.execute(query.order_by(users.c.email))).mappings()
             return [_user(r) for r in rows]
 
     async def find_by_email(self, tenant_id: str | None, email: str) -> User | None:
         query = _in_tenant(select(users).where(users.c.email == email.strip().lower()), tenant_id)
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else _user(row)
 
@@ -165,7 +165,7 @@ class UserRepository:
             users.c.source == source,
             users.c.external_subject == subject,
         )
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else _user(row)
 
@@ -174,7 +174,7 @@ class UserRepository:
     ) -> tuple[User, str | None] | None:
         """The login lookup: the user and their password hash (None for external users)."""
         query = _in_tenant(select(users).where(users.c.email == email.strip().lower()), tenant_id)
-        async with self._db.engine.connect() as conn:
+        async with self._db.reading(tenant_id) as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else (_user(row), row["password_hash"])
 
