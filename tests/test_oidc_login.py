@@ -601,6 +601,10 @@ def test_admin_api_scoping(gateway: RunningGateway, idp: ServerThread) -> None:
             headers=as_kim,
         )
         assert other.status_code == 403, other.text
+    tried = gateway.admin("GET", "/admin/v1/audit", params={"action": "identity_provider."})
+    denied = [e for e in tried.json()["data"] if e["outcome"] == "denied"]
+    assert denied[0]["action"] == "identity_provider.delete"
+    assert denied[0]["actor_role"] == "tenant_admin"
     slug_c, entra_name = add_provider(gateway, idp, "entra")
     with browser() as client:
         sign_in(gateway, slug_c, entra_name, "eve", client)

@@ -56,7 +56,6 @@ _T: Role = "tenant_admin"
 _D: Role = "department_admin"
 _U: Role = "user"
 _TENANT = "/admin/v1/tenants/{tenant}"
-_IDP_CHANGE = Rule("identity_provider.change", _T, "tenant", audited_by_handler=True)
 
 RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/v1/tenants"): Rule("tenant.list", _U),  # others see their own tenant
@@ -87,10 +86,14 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PUT", "/admin/v1/keys/{key_id}/policy"): Rule("key.policy.update", _T, "key"),
     ("GET", f"{_TENANT}/budget"): Rule("tenant.budget.read", _T, "tenant"),
     ("GET", f"{_TENANT}/identity-providers"): Rule("identity_provider.list", _T, "tenant"),
-    ("POST", f"{_TENANT}/identity-providers"): _IDP_CHANGE,
+    ("POST", f"{_TENANT}/identity-providers"): Rule("identity_provider.create", _T, "tenant"),
     ("GET", f"{_TENANT}/identity-providers/{{name}}"): Rule("identity_provider.read", _T, "tenant"),
-    ("PUT", f"{_TENANT}/identity-providers/{{name}}"): _IDP_CHANGE,
-    ("DELETE", f"{_TENANT}/identity-providers/{{name}}"): _IDP_CHANGE,
+    ("PUT", f"{_TENANT}/identity-providers/{{name}}"): Rule(
+        "identity_provider.update", _T, "tenant"
+    ),
+    ("DELETE", f"{_TENANT}/identity-providers/{{name}}"): Rule(
+        "identity_provider.delete", _T, "tenant"
+    ),
     ("GET", "/admin/v1/audit"): Rule("audit.read", _T),
     ("GET", "/admin/v1/models"): Rule("models.read", _P),
     ("GET", "/admin/v1/routing"): Rule("routing.read", _P),

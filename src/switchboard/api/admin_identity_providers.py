@@ -3,9 +3,10 @@
 delete.
 
 Allowed for platform admins (the admin key or a platform_admin session) and for the
-tenant's own tenant admins. The provider's secret (``"secret"``: the LDAP service-account
-password or the OIDC client secret) is write-only: it is stored encrypted and the API only
-ever says whether one is set. Every change is written to the audit log.
+tenant's own tenant admins, as `switchboard.api.admin_access` enforces; it also writes the
+audit row of every change, done or denied. The provider's secret (``"secret"``: the LDAP
+service-account password or the OIDC client secret) is write-only: it is stored encrypted
+and the API only ever says whether one is set.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from switchboard.api.admin_access import Access, access
 from switchboard.api.auth_external import public_base
-from switchboard.api.callers import admin_principal, client_info
 from switchboard.api.context import runtime
 from switchboard.api.http import JSONResponse, read_json
 from switchboard.auth.external_login import callback_path
 from switchboard.auth.identity_providers import IdentityProvider, ProviderDocument
-from switchboard.auth.roles import Principal
-from switchboard.errors import InvalidRequest, PermissionDenied
+from switchboard.errors import InvalidRequest
 from switchboard.runtime import Runtime
 from switchboard.store.identity_providers import KEEP
 from switchboard.store.tenants import Tenant
@@ -33,16 +33,12 @@ _BODY_LIMIT = 64 * 1024
 _SECRET = "secret"  # noqa: S105 - the name of the write-only field
 
 
-async def _scope(request: Request) -> tuple[Runtime, Principal, Tenant]:
-    rt = runtime(request)
-    principal = await admin_principal(request, rt)
-    tenant = await rt.platform.tenants.get(request.path_params["tenant"])
-    allowed = principal.role == "platform_admin" or (
-        principal.role == "tenant_admin" and principal.tenant_id == tenant.id
-    )
-    if not allowed:
-        raise PermissionDenied("managing identity providers needs a tenant admin of this tenant")
-    return rt, principal, tenant
+def _scope(request: Request) -> tuple[Runtime, Access, Tenant]:
+    """The admin guard has checked the caller (tenant admin of this tenant, or platform
+    admin) and resolved the tenant; it audits every change, done or denied."""
+    a = access(request)
+    assert a.tenant is not None
+    return runtime(request), a, a.tenant
 
 
 def _view(request: Request, rt: Runtime, tenant: Tenant, p: IdentityProvider) -> dict[str, Any]:
@@ -79,57 +75,45 @@ def _secret(body: dict[str, Any]) -> str | None:
     return value
 
 
-async def _audit(
-    request: Request, rt: Runtime, who: Principal, tenant: Tenant, *, action: str, name: str
-) -> None:
-    await rt.auditor.record(
-        who,
-        f"identity_provider.{action}",
-        tenant_id=tenant.id,
-        target=name,
-        client=client_info(request),
-    )
-
-
 async def list_providers(request: Request) -> Response:
-    rt, _, tenant = await _scope(request)
+    rt, _, tenant = _scope(request)
     found = await rt.logins.providers.list(tenant.id)
     return JSONResponse({"data": [_view(request, rt, tenant, p) for p in found]})
 
 
 async def create_provider(request: Request) -> Response:
-    rt, who, tenant = await _scope(request)
+    rt, a, tenant = _scope(request)
     body, document = await _document(request)
     name = body.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'name' is required", param="name")
+    a.audit(target=name, kind=document.settings.kind, secret_given=_SECRET in body)
     created = await rt.logins.providers.create(tenant.id, name, document, _secret(body))
-    await _audit(request, rt, who, tenant, action="create", name=name)
     return JSONResponse(_view(request, rt, tenant, created), status_code=201)
 
 
 async def get_provider(request: Request) -> Response:
-    rt, _, tenant = await _scope(request)
+    rt, _, tenant = _scope(request)
     found = await rt.logins.providers.get(tenant.id, request.path_params["name"])
     return JSONResponse(_view(request, rt, tenant, found))
 
 
 async def replace_provider(request: Request) -> Response:
     """Replace the document; the secret is kept unless the body sets it (or nulls it)."""
-    rt, who, tenant = await _scope(request)
+    rt, a, tenant = _scope(request)
     name = request.path_params["name"]
     body, document = await _document(request)
     secret = _secret(body) if _SECRET in body else KEEP
+    a.audit(target=name, secret_changed=_SECRET in body)
     updated = await rt.logins.providers.update(tenant.id, name, document, secret)
-    await _audit(request, rt, who, tenant, action="update", name=name)
     return JSONResponse(_view(request, rt, tenant, updated))
 
 
 async def delete_provider(request: Request) -> Response:
-    rt, who, tenant = await _scope(request)
+    rt, a, tenant = _scope(request)
     name = request.path_params["name"]
+    a.audit(target=name)
     await rt.logins.providers.delete(tenant.id, name)
-    await _audit(request, rt, who, tenant, action="delete", name=name)
     return Response(status_code=204)
 
 
