@@ -156,7 +156,7 @@ class Response:
         self._read_all = limit is None
         while not self._complete and (limit is None or self._unread < limit):
             await self._wait()
-        data = self._take()
+        data = self._take() if self._chunks else b""
         if limit is not None and not self._complete:
             self.close()
             return data[:limit]
@@ -166,7 +166,7 @@ class Response:
         """The body as it arrives: everything received since the last step, joined."""
         try:
             while True:
-                if self._unread:
+                if self._chunks:
                     yield self._take()
                 elif self._complete:
                     return
@@ -265,6 +265,7 @@ class Connection(asyncio.Protocol):
         return self._received
 
     def close(self) -> None:
+        self._finished = False
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -318,20 +319,30 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        if self._response is None:  # nothing was asked: the upstream is out of step
+        response = self._response
+        if response is None:  # nothing was asked: the upstream is out of step
             self.close()
             return
         self._received = True
         self._last_read = self.loop.time()
+        error: ProtocolError | None = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(ProtocolError("the upstream switched protocols"))
-            return
+            error = ProtocolError("the upstream switched protocols")
         except httptools.HttpParserError as exc:
-            self._fail(ProtocolError(f"invalid HTTP response: {exc}"))
-            return
-        if self._finished:
+            error = ProtocolError(f"invalid HTTP response: {exc}")
+        # The parser's callbacks only record; the reader is woken once per read.
+        if response._chunks:
+            response._unread += len(data)  # framing included: a bound, not a count
+            if response._unread > HIGH_WATER and not response._read_all and not self.paused:
+                self.paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+        response._wake()
+        if error is not None:
+            self._fail(error)
+        elif self._finished:
             self._finished = False
             self._end(None)
             if not self.pool.keep(self):
@@ -378,18 +389,9 @@ class Connection(asyncio.Protocol):
             return
         response.status = status
         self._headers_done = True
-        response._wake()
 
     def on_body(self, body: bytes) -> None:
-        response = self._response
-        assert response is not None
-        response._chunks.append(body)
-        response._unread += len(body)
-        if response._unread > HIGH_WATER and not response._read_all and not self.paused:
-            self.paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
-        response._wake()
+        self._response._chunks.append(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         response = self._response
@@ -400,7 +402,6 @@ class Connection(asyncio.Protocol):
         response._conn = None
         self._finished = True
         self._keep_alive = self._parser.should_keep_alive()
-        response._wake()
         self._response = None
 
     @property
