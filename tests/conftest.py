@@ -315,6 +315,14 @@ def start_gateway(
     return ServerThread(app), app
 
 
+def gateway_database(request: pytest.FixtureRequest, data_dir: Path) -> str:
+    """The database URL of a gateway fixture parametrised over ``sqlite`` and ``postgresql``."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{data_dir / 'gw.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def gateway(
     request: pytest.FixtureRequest,
@@ -326,10 +334,7 @@ def gateway(
 ) -> Iterator[RunningGateway]:
     """The gateway as a real server on a loopback port, once per database backend."""
     data_dir = tmp_path_factory.mktemp("gateway")
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{data_dir / 'gw.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
+    url = gateway_database(request, data_dir)
     config = gateway_config(
         fake_openai.url, fake_ollama.url, fake_anthropic.url, bedrock_url=fake_bedrock.url
     )

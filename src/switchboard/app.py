@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from switchboard.api import (
     admin,
+    admin_analytics,
     admin_billing,
     admin_identity_providers,
     admin_limits,
@@ -96,6 +97,7 @@ def create_app(
                     *admin_billing.routes,
                     *admin_limits.routes,
                     *admin_identity_providers.routes,
+                    *admin_analytics.routes,
                 ]
             ),
         ],

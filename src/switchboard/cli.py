@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from switchboard.cli_billing import export_app, export_worker, lago_app, plan_app, prices
+from switchboard.cli_billing import export_app, export_worker, invoice, lago_app, plan_app, prices
 from switchboard.cli_identity import audit_command, department_app, user_app
 from switchboard.cli_limits import policy_app
 from switchboard.cli_support import JsonFlag, audit
@@ -19,9 +19,9 @@ from switchboard.cli_support import fail as _fail
 from switchboard.cli_support import print_json as _print_json
 from switchboard.cli_support import settings as _settings
 from switchboard.cli_support import with_platform as _with_platform
+from switchboard.cli_usage import usage_app, usage_report
 from switchboard.config import GatewayConfig, load_config
 from switchboard.errors import ConfigError, NotFound
-from switchboard.metering import report
 from switchboard.platform import Platform
 from switchboard.settings import Settings
 from switchboard.store import ApiKey, Tenant
@@ -37,6 +37,9 @@ app.add_typer(export_app, name="export")
 app.command("export-worker")(export_worker)
 app.add_typer(plan_app, name="plan")
 app.add_typer(lago_app, name="lago")
+app.add_typer(usage_app, name="usage")
+app.command("analytics")(usage_report)
+app.command("invoice")(invoice)
 app.command("prices")(prices)
 app.add_typer(department_app, name="department")
 app.add_typer(user_app, name="user")
@@ -271,30 +274,6 @@ def key_revoke(key_id: str) -> None:
 
     key = _with_platform(revoke)
     typer.echo(f"revoked {key.id}", err=True)
-
-
-@app.command()
-def usage(
-    tenant: Annotated[str, typer.Option("--tenant", help="Tenant slug.")],
-    since: Annotated[str | None, typer.Option(help="Only requests from this date/time on.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
-    limit: Annotated[int, typer.Option(help="Most rows, newest first.")] = 10_000,
-) -> None:
-    """One row per request: id, time, model, provider, tokens, cost, latency, status."""
-    if fmt not in report.FORMATS:
-        _fail(f"--format must be one of {', '.join(report.FORMATS)}")
-
-    async def rows(p: Platform) -> list[dict[str, Any]]:
-        owner = await p.tenants.get(tenant)
-        return await p.usage.query(owner.id, since=report.parse_since(since), limit=limit)
-
-    data = _with_platform(rows)
-    if fmt == "json":
-        sys.stdout.write(report.as_json(data).decode() + "\n")
-    elif fmt == "csv":
-        sys.stdout.write(report.as_csv(data))
-    else:
-        typer.echo(report.as_table(data))
 
 
 def main() -> None:

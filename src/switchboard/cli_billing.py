@@ -31,6 +31,7 @@ from switchboard.metering.export_ops import (
     export_queue,
 )
 from switchboard.metering.exporter import LagoExporter
+from switchboard.metering.invoice import invoice_for, render_html
 from switchboard.metering.lago_sync import LagoApi, SyncReport
 from switchboard.metering.lago_sync import sync as sync_lago
 from switchboard.metering.quotes import effective_prices
@@ -247,6 +248,21 @@ def _print_prices(rows: list[dict[str, Any]], _config: GatewayConfig) -> None:
         if b is not None and "input_per_1m" in b:
             line += f"  {b['input_per_1m']:>13g} {b['output_per_1m']:>9g} {b['currency']}"
         typer.echo(line)
+
+
+def invoice(
+    tenant: TenantOption,
+    month: Annotated[str, typer.Option("--month", help="YYYY-MM (UTC).")],
+    fmt: Annotated[str, typer.Option("--format", help="json | html")] = "json",
+) -> None:
+    """The invoice preview of one tenant and month: line items per model, allowance, total."""
+    if fmt not in ("json", "html"):
+        _fail("--format must be json or html", code=2)
+    found = with_platform(lambda p: invoice_for(p, tenant, month))
+    if fmt == "html":
+        typer.echo(render_html(found))
+    else:
+        _print_json(found)
 
 
 @lago_app.command("sync")

@@ -12,14 +12,16 @@ from datetime import datetime
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from switchboard.api.admin import _admin, _object
+from switchboard.api.context import runtime
 from switchboard.api.http import JSONResponse
 from switchboard.errors import InvalidRequest
 from switchboard.metering.billing import PlanTerms
 from switchboard.metering.export_ops import backlog_view, dead_letter_view
+from switchboard.metering.invoice import invoice_for, render_html
 from switchboard.metering.quotes import effective_prices
 
 _MAX_DEAD = 1000
@@ -112,7 +114,22 @@ async def prices(request: Request) -> Response:
     return JSONResponse({"data": rows})
 
 
+async def invoice(request: Request) -> Response:
+    """The invoice preview of a month: JSON, or a printable page with ``format=html``."""
+    await _admin(request)
+    params = request.query_params
+    fmt = params.get("format", "json")
+    if fmt not in ("json", "html"):
+        raise InvalidRequest("'format' must be json or html", param="format")
+    rt = runtime(request)
+    found = await invoice_for(rt.platform, request.path_params["tenant"], params.get("month", ""))
+    if fmt == "html":
+        return HTMLResponse(render_html(found))
+    return JSONResponse(found)
+
+
 routes = [
+    Route("/admin/v1/tenants/{tenant}/invoice", invoice, methods=["GET"]),
     Route("/admin/v1/tenants/{tenant}/plan", get_plan, methods=["GET"]),
     Route("/admin/v1/tenants/{tenant}/plan", put_plan, methods=["PUT"]),
     Route("/admin/v1/prices", prices, methods=["GET"]),

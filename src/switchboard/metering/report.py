@@ -41,8 +41,8 @@ COLUMNS = (
 FORMATS = ("table", "json", "csv")
 
 
-def parse_since(value: str | None) -> datetime | None:
-    """A date (2026-11-01, midnight UTC) or an ISO 8601 time."""
+def parse_since(value: str | None, param: str = "since") -> datetime | None:
+    """A date (2026-11-01, midnight UTC) or an ISO 8601 time (UTC unless it has an offset)."""
     if not value:
         return None
     try:
@@ -51,7 +51,7 @@ def parse_since(value: str | None) -> datetime | None:
         try:
             day = date.fromisoformat(value)
         except ValueError as exc:
-            raise InvalidRequest(f"not a date or time: {value!r}", param="since") from exc
+            raise InvalidRequest(f"not a date or time: {value!r}", param=param) from exc
         parsed = datetime(day.year, day.month, day.day)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
