@@ -85,6 +85,7 @@ usage_events = Table(
     Column("currency", String(3), nullable=False, server_default="USD"),
     Column("plan_version", Integer, nullable=True),
     Index("ix_usage_events_tenant_time", "tenant_id", "created_at"),
+    Index("ix_usage_events_time", "created_at"),  # migration 0010, with the append-only triggers
 )
 
 # Tenant plan versions (migration 0006): each in force from `effective_from` until the next.
