@@ -30,7 +30,7 @@ from switchboard.cli import app as cli_app
 from switchboard.config import GatewayConfig, parse_config
 from switchboard.platform import Platform
 from switchboard.settings import Settings
-from switchboard.store import Database
+from switchboard.store import Database, UsageRepository
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -313,6 +313,15 @@ def start_gateway(
     settings = Settings(**{**values, **overrides})
     app = create_app(settings, config)
     return ServerThread(app), app
+
+
+async def ledger_rows(url: str, tenant_id: str) -> list[dict[str, Any]]:
+    """The usage ledger of one tenant, read through a database connection of its own."""
+    db = Database(url)
+    try:
+        return await UsageRepository(db).query(tenant_id)
+    finally:
+        await db.dispose()
 
 
 def gateway_database(request: pytest.FixtureRequest, data_dir: Path) -> str:

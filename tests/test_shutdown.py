@@ -9,19 +9,10 @@ import httpx
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, gateway_config, start_gateway
+from conftest import ADMIN_KEY, gateway_config, ledger_rows, start_gateway
 from fakes.server import ServerThread
-from switchboard.store import Database, UsageRepository
 
 pytestmark = pytest.mark.slow
-
-
-async def _ledger(url: str, tenant_id: str) -> list[dict[str, object]]:
-    db = Database(url)
-    try:
-        return await UsageRepository(db).query(tenant_id)
-    finally:
-        await db.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -52,7 +43,7 @@ def test_buffered_usage_is_written_on_graceful_stop(
             )
         sdk.close()
         tenant_id = tenant.json()["id"]
-        assert asyncio.run(_ledger(url, tenant_id)) == []  # still buffered
-    rows = asyncio.run(_ledger(url, tenant_id))
+        assert asyncio.run(ledger_rows(url, tenant_id)) == []  # still buffered
+    rows = asyncio.run(ledger_rows(url, tenant_id))
     assert len(rows) == 25
     assert {r["status"] for r in rows} == {200}

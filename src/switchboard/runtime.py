@@ -33,6 +33,7 @@ from switchboard.metering.billing import BillingSink
 from switchboard.metering.export_ops import build_exporter, export_queue
 from switchboard.metering.exporter import LagoExporter
 from switchboard.metering.spool import Spool
+from switchboard.metering.wal import UsageWal
 from switchboard.platform import Platform
 from switchboard.providers import Provider, build_provider
 from switchboard.settings import Settings
@@ -99,6 +100,12 @@ class Runtime:
         recorder = UsageRecorder(
             BillingSink(platform.usage, platform.plans),
             spool=Spool(settings.data_dir / "usage-spool.jsonl"),
+            wal=UsageWal(
+                settings.data_dir / "usage-wal",
+                sync_interval=settings.usage_wal_sync_interval_seconds,
+            )
+            if settings.usage_wal
+            else None,
             flush_interval=settings.usage_flush_interval_seconds,
             batch_size=settings.usage_batch_size,
             buffer_limit=settings.usage_buffer_limit,

@@ -119,6 +119,17 @@ class Settings(BaseSettings):
         ge=1000,
         description="Most usage events held in memory while the database is unreachable.",
     )
+    usage_wal: bool = Field(
+        default=True,
+        description="Append each usage event to a local write-ahead log (data_dir/usage-wal) "
+        "before it is buffered, so a hard kill loses none; replayed at start.",
+    )
+    usage_wal_sync_interval_seconds: float = Field(
+        default=0.05,
+        gt=0,
+        description="How often the usage write-ahead log is fsynced (bounds what a power loss "
+        "can take).",
+    )
     lago_url: str | None = Field(
         default=None,
         description="Base URL of the Lago API (e.g. https://api.getlago.com). When set, usage "

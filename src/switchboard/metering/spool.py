@@ -32,12 +32,15 @@ class Spool:
             return []
         claimed = self.path.with_suffix(".replaying")
         self.path.replace(claimed)
-        events = []
-        for line in claimed.read_bytes().splitlines():
-            if not line.strip():
-                continue
-            data = {k: v for k, v in orjson.loads(line).items() if k in _FIELDS}
-            data["created_at"] = datetime.fromisoformat(data["created_at"])
-            events.append(UsageEvent(**data))
+        events = [
+            event_from_line(line) for line in claimed.read_bytes().splitlines() if line.strip()
+        ]
         claimed.unlink()
         return events
+
+
+def event_from_line(line: bytes) -> UsageEvent:
+    """One event from a JSON line written with ``orjson.dumps(event.as_row())``."""
+    data = {k: v for k, v in orjson.loads(line).items() if k in _FIELDS}
+    data["created_at"] = datetime.fromisoformat(data["created_at"])
+    return UsageEvent(**data)
