@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from conftest import RunningGateway
+from people import add_user, bearer, tokens
 from switchboard.auth.roles import Principal
 from switchboard.errors import InvalidRequest, PermissionDenied
 from switchboard.metering import analytics
@@ -210,3 +211,33 @@ def test_admin_api(gateway: RunningGateway) -> None:
         gateway.url + "/admin/v1/analytics", headers={"Authorization": f"Bearer {key}"}
     )
     assert as_tenant.status_code == 401
+
+
+def test_a_tenant_admin_sees_only_their_tenant(gateway: RunningGateway) -> None:
+    mine_key = gateway.new_tenant("scoped-mine")
+    other_key = gateway.new_tenant("scoped-other")
+    for key in (mine_key, other_key):
+        httpx.post(
+            gateway.url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "gpt-fake", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+    gateway.usage("scoped-mine", at_least=1)
+    gateway.usage("scoped-other", at_least=1)
+    mine, other = gateway.keys["scoped-mine:slug"], gateway.keys["scoped-other:slug"]
+    admin = add_user(gateway.settings.resolved_database_url(), mine, "tenant_admin")
+    token = tokens(gateway.url, admin)["access_token"]
+
+    def ask(**params: str) -> httpx.Response:
+        return httpx.get(
+            gateway.url + "/admin/v1/analytics", params=params, headers=bearer(token), timeout=10
+        )
+
+    seen = ask(group_by="tenant").json()["data"]
+    assert [row["tenant"] for row in seen] == [admin.user.tenant_id]
+    assert seen[0]["requests"] == 1
+    assert ask(group_by="model", tenant=mine).status_code == 200
+    for probe in (other, "no-such-tenant"):
+        refused = ask(tenant=probe)
+        assert refused.status_code == 403  # the same answer whether it exists or not
