@@ -14,6 +14,7 @@ from conftest import RunningGateway
 from people import PASSWORD, add_user, bearer, login_as, tokens
 from switchboard.api import (
     admin,
+    admin_analytics,
     admin_billing,
     admin_identity_providers,
     admin_limits,
@@ -53,6 +54,7 @@ def test_every_admin_route_has_an_access_rule() -> None:
         *admin_billing.routes,
         *admin_limits.routes,
         *admin_identity_providers.routes,
+        *admin_analytics.routes,
     ]
     declared = {
         (m, r.path)

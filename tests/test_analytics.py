@@ -16,7 +16,7 @@ import pytest
 from conftest import RunningGateway
 from people import add_user, bearer, tokens
 from switchboard.auth.roles import Principal
-from switchboard.errors import InvalidRequest, PermissionDenied
+from switchboard.errors import InvalidRequest
 from switchboard.metering import analytics
 from switchboard.metering.analytics import UsageQuery, UsageScope, parse_group_by, scope_for
 from switchboard.metering.usage import UsageEvent
@@ -154,10 +154,11 @@ def test_scope_for_each_role() -> None:
     assert scope_for(Principal(kind="admin_key", role="platform_admin")).everything
     admin = Principal(kind="user", role="tenant_admin", user_id="u", tenant_id="ten_a")
     assert scope_for(admin) == UsageScope(tenant_id="ten_a")
-    with pytest.raises(PermissionDenied):
-        scope_for(Principal(kind="user", role="department_admin", user_id="u", tenant_id="t"))
-    with pytest.raises(PermissionDenied):
-        scope_for(Principal(kind="user", role="user", user_id="u"))
+    # A department admin without a department sees no department's keys.
+    lost = Principal(kind="user", role="department_admin", user_id="u", tenant_id="t")
+    assert scope_for(lost) == UsageScope(tenant_id="t", department_id="-")
+    user = Principal(kind="user", role="user", user_id="u", tenant_id="t")
+    assert scope_for(user) == UsageScope(tenant_id="t", key_owner_id="u")
 
 
 def test_group_by_is_checked() -> None:

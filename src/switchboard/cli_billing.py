@@ -17,10 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import orjson
 import typer
 from pydantic import ValidationError
 
+from switchboard.cli_support import JsonFlag, with_platform
+from switchboard.cli_support import fail as _fail
+from switchboard.cli_support import print_json as _print_json
 from switchboard.config import GatewayConfig, Price, load_config
 from switchboard.errors import ConfigError, SwitchboardError
 from switchboard.metering.billing import PlanTerms, PlanVersion
@@ -35,7 +37,7 @@ from switchboard.metering.invoice import invoice_for, render_html
 from switchboard.metering.lago_sync import LagoApi, SyncReport
 from switchboard.metering.lago_sync import sync as sync_lago
 from switchboard.metering.quotes import effective_prices
-from switchboard.platform import Platform, open_platform
+from switchboard.platform import Platform
 from switchboard.settings import Settings
 from switchboard.store import Database
 
@@ -51,33 +53,8 @@ plan_app = typer.Typer(
 )
 
 T = TypeVar("T")
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 # How long the worker waits, once told to stop, for a send in flight before cancelling it.
 STOP_TIMEOUT = 10.0
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-
-
-def with_platform(fn: Callable[[Platform], Awaitable[T]]) -> T:
-    """Run ``fn`` on the migrated database the environment names; errors end the command."""
-    settings = Settings()
-
-    async def run() -> T:
-        async with open_platform(settings) as platform:
-            return await fn(platform)
-
-    try:
-        return asyncio.run(run())
-    except SwitchboardError as exc:
-        _fail(exc.message)
-        raise  # unreachable: _fail exits
 
 
 def _with_queue(fn: Callable[[LagoExporter], Awaitable[T]]) -> T:

@@ -18,7 +18,7 @@ policy_app = typer.Typer(
 
 
 def _run(fn: Any) -> Any:
-    from switchboard.cli_billing import with_platform
+    from switchboard.cli_support import with_platform
 
     return with_platform(fn)
 

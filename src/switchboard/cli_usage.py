@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from switchboard.cli_billing import _fail, with_platform
+from switchboard.cli_support import fail as _fail
+from switchboard.cli_support import with_platform
 from switchboard.config import load_config
 from switchboard.errors import ConfigError, InvalidRequest
 from switchboard.metering import analytics, report

@@ -101,6 +101,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", f"{_TENANT}/plan"): Rule("plan.read", _T, "tenant"),
     ("PUT", f"{_TENANT}/plan"): Rule("plan.update", _P, "tenant"),
     ("GET", "/admin/v1/prices"): Rule("prices.read", _P),
+    ("GET", f"{_TENANT}/invoice"): Rule("invoice.read", _T, "tenant"),
+    ("GET", "/admin/v1/analytics"): Rule("analytics.read", _U),  # narrowed to the caller's scope
     ("GET", "/admin/v1/export"): Rule("export.read", _P),
     ("GET", "/admin/v1/export/dead"): Rule("export.read", _P),
     ("POST", "/admin/v1/export/redrive"): Rule("export.redrive", _P),

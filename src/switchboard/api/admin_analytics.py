@@ -1,9 +1,9 @@
 """Usage analytics under /admin/v1/analytics: grouped usage, cost and latency, JSON or CSV.
 
-The caller's scope is applied by one function: `admin_principal` says who is calling (the
-platform admin key, or a signed-in user with a session token), and
-`switchboard.metering.analytics.scope_for` turns that into the part of the ledger the report
-may read: everything, one tenant, one department, or one user's keys.
+The access guard (`switchboard.api.admin_access`) says who is calling (the platform admin key,
+or a signed-in user), and one function, `switchboard.metering.analytics.scope_for`, turns the
+caller's RBAC scope into the part of the ledger the report may read: everything, one tenant,
+one department's keys, or one user's keys.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from switchboard.api.callers import admin_principal
+from switchboard.api.admin_access import access
 from switchboard.api.context import runtime
 from switchboard.errors import InvalidRequest, PermissionDenied
 from switchboard.metering import analytics, report
@@ -22,7 +22,7 @@ from switchboard.store.analytics import AnalyticsRepository
 
 async def usage_analytics(request: Request) -> Response:
     rt = runtime(request)
-    scope = scope_for(await admin_principal(request, rt))
+    scope = scope_for(access(request).principal)
     params = request.query_params
     fmt = params.get("format", "json")
     if fmt not in ("json", "csv"):

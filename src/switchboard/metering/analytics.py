@@ -5,10 +5,10 @@ requests, errors and the error rate (status >= 400), tokens in and out, provider
 billed amount (in the group's currency), and latency p50/p95 (milliseconds, interpolated
 like PostgreSQL's ``percentile_cont``). The SQL lives in `switchboard.store.analytics`.
 
-Scope: `UsageScope` is what a caller may see, and `scope_for` derives it from the caller's
-`Principal` (platform admin: everything; tenant admin: the tenant; department admin: the
-requests of keys owned by the department's users; user: those of their own keys). The admin
-API applies exactly that one function, so the RBAC layer decides by supplying the principal.
+Scope: `UsageScope` is what a caller may see, and `scope_for` derives it from the RBAC layer's
+scope of the caller's `Principal` (platform admin: everything; tenant admin: the tenant;
+department admin: the requests of keys owned by the department's users; user: those of their
+own keys). The admin API applies exactly that one function.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Any
 
 import orjson
 
+from switchboard.auth.rbac import scope_of
 from switchboard.auth.roles import Principal
-from switchboard.errors import InvalidRequest, PermissionDenied
+from switchboard.errors import InvalidRequest
 
 # name → what it groups by (the column label in the output)
 DIMENSIONS = ("tenant", "department", "user", "key", "model", "provider", "day", "hour")
@@ -54,19 +55,13 @@ class UsageScope:
 
 
 def scope_for(principal: Principal) -> UsageScope:
-    if principal.role == "platform_admin":
-        return UsageScope()
-    if principal.tenant_id is None:
-        raise PermissionDenied("this account belongs to no tenant")
-    if principal.role == "tenant_admin":
-        return UsageScope(tenant_id=principal.tenant_id)
-    if principal.role == "department_admin":
-        if principal.department_id is None:
-            raise PermissionDenied("this department admin has no department")
-        return UsageScope(tenant_id=principal.tenant_id, department_id=principal.department_id)
-    if principal.user_id is None:
-        raise PermissionDenied("this account has no user id")
-    return UsageScope(tenant_id=principal.tenant_id, key_owner_id=principal.user_id)
+    """The RBAC scope of the caller (`switchboard.auth.rbac.scope_of`) as a ledger filter."""
+    scope = scope_of(principal)
+    return UsageScope(
+        tenant_id=scope.tenant_id,
+        department_id=scope.department_id,
+        key_owner_id=scope.user_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
