@@ -1,4 +1,6 @@
-"""A tenant's identity providers, one row each; the secret encrypted with the platform key."""
+"""A tenant's identity providers, one row each; the secret encrypted with the platform key.
+
+Every query filters on the tenant and runs in its scope (row-level security on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ class IdentityProviderRepository:
         now = utcnow()
         provider_id = f"idp_{secrets.token_hex(8)}"
         try:
-            async with self._db.engine.begin() as conn:
+            async with self._db.tenant_scope(tenant_id) as conn:
                 await conn.execute(
                     insert(table).values(
                         id=provider_id,
@@ -69,12 +71,12 @@ class IdentityProviderRepository:
 
     async def list(self, tenant_id: str) -> list[IdentityProvider]:
         query = select(table).where(table.c.tenant_id == tenant_id).order_by(table.c.name)
-        async with self._db.engine.connect() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             return [self._provider(r) for r in (await conn.execute(query)).mappings()]
 
     async def get(self, tenant_id: str, name: str) -> IdentityProvider:
         query = select(table).where(table.c.tenant_id == tenant_id, table.c.name == name)
-        async with self._db.engine.connect() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             raise NotFound(f"no identity provider {name!r} in this tenant", param="provider")
@@ -93,7 +95,7 @@ class IdentityProviderRepository:
         values: dict[str, object] = {"document": document.model_dump_json(), "updated_at": utcnow()}
         if not isinstance(secret, _Keep):
             values["secret"] = self._box.encrypt(secret) if secret is not None else None
-        async with self._db.engine.begin() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             await conn.execute(
                 update(table)
                 .where(table.c.tenant_id == tenant_id, table.c.id == current.id)
@@ -102,7 +104,7 @@ class IdentityProviderRepository:
         return await self.get(tenant_id, name)
 
     async def delete(self, tenant_id: str, name: str) -> None:
-        async with self._db.engine.begin() as conn:
+        async with self._db.tenant_scope(tenant_id) as conn:
             result = await conn.execute(
                 delete(table).where(table.c.tenant_id == tenant_id, table.c.name == name)
             )
