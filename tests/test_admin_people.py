@@ -3,6 +3,7 @@ against a real gateway on SQLite and PostgreSQL; and the access table that guard
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import httpx
@@ -251,3 +252,42 @@ def test_audit_log_records_mutations_and_logins(gateway: RunningGateway) -> None
     assert call("GET", "/admin/v1/audit", params={"limit": "0"}).status_code == 400
     everyone = gateway.admin("GET", "/admin/v1/audit", params={"tenant": call.tenant}).json()
     assert [e["id"] for e in everyone["data"]] == [e["id"] for e in entries]
+
+
+@pytest.mark.slow
+def test_platform_admins_over_the_api(gateway: RunningGateway) -> None:
+    email = f"ops-{secrets.token_hex(4)}@example.com"
+    created = gateway.admin(
+        "POST", "/admin/v1/platform-admins", json={"email": email, "password": PASSWORD}
+    )
+    assert created.status_code == 201, created.text
+    root = created.json()
+    assert (root["role"], root["tenant_id"]) == ("platform_admin", None)
+    signed = login_as(gateway.url, None, email, PASSWORD)
+    assert signed.status_code == 200
+    token = signed.json()["access_token"]
+    mine = httpx.get(
+        gateway.url + "/admin/v1/platform-admins", headers=bearer(token), timeout=10
+    ).json()["data"]
+    assert root["id"] in {u["id"] for u in mine}
+    made = httpx.post(
+        gateway.url + "/admin/v1/tenants",
+        headers=bearer(token),
+        json={"slug": f"by-root-{secrets.token_hex(4)}"},
+        timeout=10,
+    )
+    assert made.status_code == 201
+    own = f"/admin/v1/platform-admins/{root['id']}"
+    self_delete = httpx.delete(gateway.url + own, headers=bearer(token), timeout=10)
+    assert self_delete.json()["error"]["code"] == "outside_scope"
+    # Tenant admins cannot see or make platform admins; tenant user ids are not found here.
+    call = Admin(gateway)
+    refused = call("GET", "/admin/v1/platform-admins")
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "insufficient_role")
+    tenant_user = f"/admin/v1/platform-admins/{call.person.user.id}"
+    assert gateway.admin("PATCH", tenant_user, json={"name": "x"}).status_code == 404
+    assert gateway.admin("PATCH", own, json={"disabled": True}).json()["disabled"] is True
+    gone = httpx.get(gateway.url + "/auth/v1/me", headers=bearer(token), timeout=10)
+    assert gone.json()["error"]["code"] == "session_revoked"
+    assert gateway.admin("DELETE", own).status_code == 204
+    assert login_as(gateway.url, None, email, PASSWORD).status_code == 401

@@ -95,6 +95,10 @@ RULES: dict[tuple[str, str], Rule] = {
         "identity_provider.delete", _T, "tenant"
     ),
     ("GET", "/admin/v1/audit"): Rule("audit.read", _T),
+    ("GET", "/admin/v1/platform-admins"): Rule("platform_admin.list", _P),
+    ("POST", "/admin/v1/platform-admins"): Rule("platform_admin.create", _P),
+    ("PATCH", "/admin/v1/platform-admins/{user_id}"): Rule("platform_admin.update", _P),
+    ("DELETE", "/admin/v1/platform-admins/{user_id}"): Rule("platform_admin.delete", _P),
     ("GET", "/admin/v1/models"): Rule("models.read", _P),
     ("GET", "/admin/v1/routing"): Rule("routing.read", _P),
     ("GET", "/admin/v1/doctor"): Rule("doctor.read", _P),

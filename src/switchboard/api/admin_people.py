@@ -249,3 +249,70 @@ routes = [
     Route(f"{_T}/users/{{user_id}}", delete_user, methods=["DELETE"]),
     Route("/admin/v1/audit", audit_log, methods=["GET"]),
 ]
+
+
+# -- platform admins ------------------------------------------------------------------------
+
+
+async def list_platform_admins(request: Request) -> Response:
+    rt = await _admin(request)
+    return JSONResponse({"data": [user_view(u) for u in await rt.platform.users.list(None)]})
+
+
+async def create_platform_admin(request: Request) -> Response:
+    rt, a = await _admin(request), access(request)
+    body = await _object(request)
+    password = body.get("password")
+    user = await rt.platform.users.create(
+        None,
+        normalize_email(body.get("email")),
+        role="platform_admin",
+        name=_optional_str(body, "name"),
+        password_hash=await hash_password(password) if password is not None else None,
+    )
+    a.audit(user.id, email=user.email, role="platform_admin")
+    return JSONResponse(user_view(user), status_code=201)
+
+
+async def update_platform_admin(request: Request) -> Response:
+    """Change a platform admin's e-mail, name, password or disabled flag."""
+    rt, a = await _admin(request), access(request)
+    user = await rt.platform.users.get(None, request.path_params["user_id"])
+    body = await _object(request)
+    unknown = set(body) - {"email", "name", "password", "disabled"}
+    if unknown:
+        raise InvalidRequest(f"unknown field {sorted(unknown)[0]!r}", param=sorted(unknown)[0])
+    values: dict[str, Any] = {k: body[k] for k in ("email", "name") if k in body}
+    if "password" in body:
+        values["password_hash"] = await hash_password(body["password"])
+    if "disabled" in body:
+        if not isinstance(body["disabled"], bool):
+            raise InvalidRequest("'disabled' must be true or false", param="disabled")
+        if body["disabled"] and user.id == a.principal.user_id:
+            raise rbac.deny("you cannot disable yourself")
+        values["disabled"] = body["disabled"]
+    updated = await rt.platform.users.update(None, user.id, **values)
+    if updated.disabled or "password_hash" in values:
+        keep = a.principal.session_id if user.id == a.principal.user_id else None
+        await rt.sessions.end_user_sessions(user.id, "changed", keep=keep)
+    a.audit(user.id, fields=sorted(body))
+    return JSONResponse(user_view(updated))
+
+
+async def delete_platform_admin(request: Request) -> Response:
+    rt, a = await _admin(request), access(request)
+    user = await rt.platform.users.get(None, request.path_params["user_id"])
+    if user.id == a.principal.user_id:
+        raise rbac.deny("you cannot delete yourself")
+    await rt.sessions.end_user_sessions(user.id, "deleted")
+    await rt.platform.users.delete(None, user.id)
+    a.audit(user.id, email=user.email)
+    return Response(status_code=204)
+
+
+routes += [
+    Route("/admin/v1/platform-admins", list_platform_admins, methods=["GET"]),
+    Route("/admin/v1/platform-admins", create_platform_admin, methods=["POST"]),
+    Route("/admin/v1/platform-admins/{user_id}", update_platform_admin, methods=["PATCH"]),
+    Route("/admin/v1/platform-admins/{user_id}", delete_platform_admin, methods=["DELETE"]),
+]

@@ -205,17 +205,19 @@ class UserRepository:
                 update(users).where(users.c.id == user_id).values(last_login_at=utcnow())
             )
 
-    async def delete(self, tenant_id: str, user_id: str) -> None:
-        """Delete a tenant user: their sessions go with them, their keys are revoked and kept
-        (as the tenant's) so usage history still names them."""
+    async def delete(self, tenant_id: str | None, user_id: str) -> None:
+        """Delete a user (``tenant_id`` None: a platform admin): their sessions go with them,
+        their keys are revoked and kept (as the tenant's) so usage history still names them."""
         await self.get(tenant_id, user_id)
         async with self._db.engine.begin() as conn:
-            await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.tenant_id == tenant_id, api_keys.c.user_id == user_id)
-                .values(user_id=None, revoked_at=func.coalesce(api_keys.c.revoked_at, utcnow()))
-            )
+            if tenant_id is not None:
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.tenant_id == tenant_id, api_keys.c.user_id == user_id)
+                    .values(user_id=None, revoked_at=func.coalesce(api_keys.c.revoked_at, utcnow()))
+                )
             await conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
-            await conn.execute(
-                delete(users).where(users.c.tenant_id == tenant_id, users.c.id == user_id)
+            owner = (
+                users.c.tenant_id.is_(None) if tenant_id is None else users.c.tenant_id == tenant_id
             )
+            await conn.execute(delete(users).where(users.c.id == user_id, owner))
