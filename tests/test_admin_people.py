@@ -250,6 +250,8 @@ def test_audit_log_records_mutations_and_logins(gateway: RunningGateway) -> None
     future = call("GET", "/admin/v1/audit", params={"since": "2999-01-01"}).json()["data"]
     assert future == []
     assert call("GET", "/admin/v1/audit", params={"limit": "0"}).status_code == 400
+    bad = call("GET", "/admin/v1/audit", params={"until": "yesterday"})
+    assert (bad.status_code, bad.json()["error"]["param"]) == (400, "until")
     everyone = gateway.admin("GET", "/admin/v1/audit", params={"tenant": call.tenant}).json()
     assert [e["id"] for e in everyone["data"]] == [e["id"] for e in entries]
 

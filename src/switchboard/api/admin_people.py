@@ -7,6 +7,7 @@ for (the role it grants, the department it places someone in) is checked here wi
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -203,6 +204,13 @@ def _int(value: str | None, name: str, low: int, high: int) -> int | None:
     return int(value)
 
 
+def _time(value: str | None, name: str) -> datetime | None:
+    try:
+        return report.parse_since(value)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, param=name) from exc
+
+
 async def audit_log(request: Request) -> Response:
     """Newest first; ``cursor`` is the previous page's ``next_cursor``."""
     rt, a = await _admin(request), access(request)
@@ -224,8 +232,8 @@ async def audit_log(request: Request) -> Response:
             tenant_id=tenant_id,
             actor_id=params.get("actor"),
             action=params.get("action"),
-            since=report.parse_since(params.get("since")),
-            until=report.parse_since(params.get("until")),
+            since=_time(params.get("since"), "since"),
+            until=_time(params.get("until"), "until"),
             before=_int(params.get("cursor"), "cursor", 1, 2**62),
             limit=limit,
         )
