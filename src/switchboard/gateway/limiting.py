@@ -154,7 +154,7 @@ class RequestLimits:
             return
         event.admission = None
         if held.leases:
-            self._spawn(self._release(held.leases))
+            self.limiter.release_soon(held.leases)
         skipped = event.cached or event.refusal_reason is not None
         used = 0 if skipped else event.tokens_input + event.tokens_output
         for scope, rule, reserved in held.tokens:
@@ -174,13 +174,6 @@ class RequestLimits:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _release(self, leases: list[Scope]) -> None:
-        for scope in leases:
-            try:
-                await self.limiter.release(scope)
-            except Exception as exc:  # the lease then expires on its own
-                log.warning("releasing a concurrency slot of %s failed: %s", scope, exc)
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False

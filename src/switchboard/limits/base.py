@@ -60,23 +60,27 @@ class Rule:
     name: RuleName
     limit: int
     window_seconds: int
+    # Derived once: rules are built once per tenant config and used on every request, as dict
+    # keys too (a frozen dataclass would otherwise hash its fields on every lookup).
+    interval: float = field(init=False, repr=False, compare=False)  # seconds per unit
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.name not in ("requests", "tokens"):
             raise ValueError(f"rule name must be 'requests' or 'tokens', not {self.name!r}")
         if self.limit < 1 or self.window_seconds < 1:
             raise ValueError("a rule needs limit >= 1 and window_seconds >= 1")
+        object.__setattr__(self, "interval", self.window_seconds / self.limit)
+        object.__setattr__(self, "_hash", hash((self.name, self.limit, self.window_seconds)))
 
-    @property
-    def interval(self) -> float:
-        """Seconds for one unit to come back."""
-        return self.window_seconds / self.limit
+    def __hash__(self) -> int:
+        return self._hash
 
 
 Check = tuple[Scope, Rule, int]  # (scope, rule, cost)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per rule per request, and frozen inits are slow
 class RuleState:
     """Where one (scope, rule) stands after a decision: enough for the x-ratelimit headers."""
 
@@ -88,7 +92,7 @@ class RuleState:
     retry_after_seconds: float  # until this check's cost would fit; 0 when it fitted
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     allowed: bool
     states: list[RuleState] = field(default_factory=list)
@@ -112,6 +116,10 @@ class Limiter(Protocol):
         """Give back the oldest slot this process holds on ``scope`` (no-op if none)."""
         ...
 
+    def release_soon(self, scopes: Sequence[Scope]) -> None:
+        """`release` each, without waiting: at once in process, in the background otherwise."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -132,6 +140,8 @@ def user_scope(tenant_id: str, user: str) -> Scope:
 
 def merge_checks(checks: Sequence[Check]) -> list[Check]:
     """One check per (scope, rule), costs summed, first-seen order (a bucket is written once)."""
+    if len(checks) == 1 and checks[0][2] >= 0:
+        return list(checks)
     merged: dict[tuple[Scope, Rule], int] = {}
     for scope, rule, cost in checks:
         if cost < 0:
@@ -195,18 +205,38 @@ def format_duration(seconds: float) -> str:
     return secs
 
 
+_HEADER_NAMES = {
+    name: (
+        f"x-ratelimit-limit-{name}".encode(),
+        f"x-ratelimit-remaining-{name}".encode(),
+        f"x-ratelimit-reset-{name}".encode(),
+    )
+    for name in ("requests", "tokens")
+}
+
+
 def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the tightest state per rule
-    name (fewest remaining, then the longest reset). Rule names without a state are left out."""
+    name (fewest remaining, then the longest reset). Rule names without a state are left out.
+    One pass over the states: this runs on every response of a tenant with limits."""
+    tight: dict[str, RuleState] = {}
+    for state in decision.states:
+        name = state.rule.name
+        best = tight.get(name)
+        if best is None or (state.remaining, -state.reset_seconds) < (
+            best.remaining,
+            -best.reset_seconds,
+        ):
+            tight[name] = state
     out: list[tuple[bytes, bytes]] = []
     for name in ("requests", "tokens"):
-        states = [s for s in decision.states if s.rule.name == name]
-        if not states:
+        chosen = tight.get(name)
+        if chosen is None:
             continue
-        tight = min(states, key=lambda s: (s.remaining, -s.reset_seconds))
+        limit_h, remaining_h, reset_h = _HEADER_NAMES[name]
         out += [
-            (f"x-ratelimit-limit-{name}".encode(), str(tight.limit).encode()),
-            (f"x-ratelimit-remaining-{name}".encode(), str(tight.remaining).encode()),
-            (f"x-ratelimit-reset-{name}".encode(), format_duration(tight.reset_seconds).encode()),
+            (limit_h, str(chosen.limit).encode()),
+            (remaining_h, str(chosen.remaining).encode()),
+            (reset_h, format_duration(chosen.reset_seconds).encode()),
         ]
     return out

@@ -43,23 +43,27 @@ class MemoryLimiter:
         self._sweep_at = _MIN_SWEEP
 
     async def admit(self, checks: Sequence[Check]) -> Decision:
+        # On every request of a tenant with limits: one pass to read, one to write.
         now = self._clock()
-        merged = merge_checks(checks)
-        tats: list[float] = []
-        lates: list[float] = []
-        for scope, rule, cost in merged:
-            tat = max(self._tats.get(_bucket(scope, rule), now), now)
-            tats.append(tat)
-            lates.append(lateness(tat - now, rule, cost))
-        allowed = all(late <= EPS for late in lates)
+        tats = self._tats
+        read: list[tuple[BucketKey, Scope, Rule, int, float, float]] = []
+        allowed = True
+        for scope, rule, cost in merge_checks(checks):
+            key: BucketKey = (scope, rule.name, rule.window_seconds)
+            tat = max(tats.get(key, now), now)
+            late = lateness(tat - now, rule, cost)
+            if late > EPS:
+                allowed = False
+            read.append((key, scope, rule, cost, tat, late))
         states = []
-        for (scope, rule, cost), before, late in zip(merged, tats, lates, strict=True):
+        for bucket, scope, rule, cost, before, late in read:
             tat = before
             if allowed and cost > 0:
                 tat = before + cost * rule.interval
-                self._tats[_bucket(scope, rule)] = tat
+                tats[bucket] = tat
             states.append(rule_state(scope, rule, tat - now, late))
-        self._maybe_sweep(now)
+        if len(tats) + len(self._leases) >= self._sweep_at:
+            self._maybe_sweep(now)
         return Decision(allowed=allowed, states=states)
 
     async def settle(self, scope: Scope, rule: Rule, delta: int) -> None:
@@ -85,6 +89,13 @@ class MemoryLimiter:
         return True
 
     async def release(self, scope: Scope) -> None:
+        self._release(scope)
+
+    def release_soon(self, scopes: Sequence[Scope]) -> None:
+        for scope in scopes:
+            self._release(scope)
+
+    def _release(self, scope: Scope) -> None:
         leases = self._live(scope, self._clock())
         if leases:
             del leases[0]

@@ -21,6 +21,7 @@ outage (one info line on recovery). A dead limiter store then costs limits, not 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections import deque
@@ -145,6 +146,7 @@ class RedisLimiter:
         self._settle = self._redis.register_script(SETTLE)
         self._acquire = self._redis.register_script(ACQUIRE)
         self._leases: dict[Scope, deque[str]] = {}  # this process's lease ids, oldest first
+        self._pending: set[asyncio.Task[None]] = set()  # releases under way
         self._failing = False
 
     def bucket_key(self, scope: Scope, rule: Rule) -> str:
@@ -197,12 +199,23 @@ class RedisLimiter:
             del self._leases[scope]
         await self._guard("release", self._redis.zrem(self.lease_key(scope), lease), None)
 
+    def release_soon(self, scopes: Sequence[Scope]) -> None:
+        task = asyncio.ensure_future(self._release_all(list(scopes)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _release_all(self, scopes: list[Scope]) -> None:
+        for scope in scopes:
+            await self.release(scope)  # fails open by itself: the lease then expires
+
     @property
     def redis(self) -> Redis:
         """The client, shared with `RedisBudgets` (one pool per process)."""
         return self._redis
 
     async def aclose(self) -> None:
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=5)
         await self._redis.aclose()
 
     async def guard(self, what: str, call: Awaitable[T], fallback: T) -> T:
