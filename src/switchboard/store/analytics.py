@@ -71,12 +71,9 @@ class AnalyticsRepository:
             )
         source = f"usage_events e{joins} WHERE {where}"
         sql = _postgres(dims, source) if dialect == "postgresql" else _sqlite(dims, source)
-        if scope.tenant_id is not None:  # row-level security enforces the scope again
-            async with self._db.tenant_scope(scope.tenant_id) as conn:
-                rows = (await conn.execute(text(sql), params)).mappings().all()
-        else:
-            async with self._db.engine.connect() as conn:
-                rows = (await conn.execute(text(sql), params)).mappings().all()
+        # A scoped report runs in the tenant's row-level security scope, which enforces it again.
+        async with self._db.reading(scope.tenant_id) as conn:
+            rows = (await conn.execute(text(sql), params)).mappings().all()
         return [_finish(query, row) for row in rows]
 
     def _where(self, query: UsageQuery, scope: UsageScope) -> tuple[str, dict[str, Any]]:
