@@ -92,9 +92,11 @@ def test_plans_prices_reports_invoices_and_reconcile(env: dict[str, str]) -> Non
     shown = orjson.loads(ok(run(env, "plan", "show", "--tenant", "acme", "--json")).stdout)
     assert (shown["version"], shown["currency"]) == (None, "USD")
     ok(run(env, "plan", "set", "--tenant", "acme", "--markup", "50", "--allowance", "0.5"))
-    ok(run(env, "plan", "set", "--tenant", "acme", "--model-price", "llama=1/2"))
+    ok(run(env, "plan", "set", "--tenant", "acme", "--model-price", "llama=1/2",
+           "--cache-hit-price", "0.25"))  # fmt: skip
     plan = orjson.loads(ok(run(env, "plan", "show", "--tenant", "acme", "--json")).stdout)
     assert plan["version"] == 2
+    assert plan["cache_hit_per_1m"] == 0.25
     assert plan["markup_percent"] == 50.0  # kept from the version before
     assert plan["model_prices"] == {"llama": {"input_per_1m": 1.0, "output_per_1m": 2.0}}
     bad = run(env, "plan", "set", "--tenant", "acme", "--model-price", "llama=free")

@@ -126,6 +126,10 @@ def plan_set(
     allowance: Annotated[
         float | None, typer.Option(help="Billed amount included each month.")
     ] = None,
+    cache_hit_price: Annotated[
+        float | None,
+        typer.Option("--cache-hit-price", help="Price of a cache hit per 1M of its tokens."),
+    ] = None,
     model_price: Annotated[
         list[str] | None,
         typer.Option(help="MODEL=INPUT/OUTPUT fixed price per 1M tokens (repeatable)."),
@@ -158,6 +162,7 @@ def plan_set(
             "currency": currency,
             "exchange_rate": exchange_rate,
             "included_allowance": allowance,
+            "cache_hit_per_1m": cache_hit_price,
         }
         current.update({k: v for k, v in changes.items() if v is not None})
         if currency == "USD" and exchange_rate is None:

@@ -38,7 +38,7 @@ log = logging.getLogger("switchboard.limits")
 _SEED_ROUNDS = 3
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: plain init is faster than frozen
 class WorstPrice:
     """The dearest USD per 1M input and output tokens the request could be served at."""
 
@@ -46,7 +46,7 @@ class WorstPrice:
     output_per_1m: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: plain init is faster than frozen
 class BudgetAlert:
     kind: str  # "threshold" (settled spend crossed the alert percent) | "exceeded"
     tenant_id: str
@@ -58,7 +58,7 @@ class BudgetAlert:
     webhook_url: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: plain init is faster than frozen
 class BudgetHold:
     subject: Subject
     month: str

@@ -97,6 +97,7 @@ class Gateway:
         self.cache: ResponseCache = cache or MemoryCache()
         self.limits = limits or RequestLimits(MemoryLimiter())
         self.metrics = Metrics(known_model=self.catalog.__contains__)
+        self._worst_prices: dict[tuple[str, str], tuple[float, WorstPrice]] = {}
 
     def visible_models(self, caller: Caller) -> list[str]:
         return visible_models(self.catalog, caller)
@@ -127,20 +128,29 @@ class Gateway:
         return self.router.catalog
 
     def _worst_price(self, caller: Caller, model: str) -> Callable[[], WorstPrice]:
-        """The dearest price the model and its fallbacks could serve this tenant at."""
+        """The dearest price the model and its fallbacks could serve this tenant at (kept a
+        minute per model and usage mode, so a new price version applies within a minute)."""
 
         def worst() -> WorstPrice:
             mode = caller.tenant.usage_mode
+            now = time.monotonic()
+            cached = self._worst_prices.get((model, mode))
+            if cached is not None and cached[0] > now:
+                return cached[1]
             prices = [
                 d.price.current.price
                 for route in self.catalog.chain(model, mode)
                 for d in route.allowed(mode)
                 if d.price is not None
             ]
-            return WorstPrice(
+            found = WorstPrice(
                 max((p.input_per_1m for p in prices), default=0.0),
                 max((p.output_per_1m for p in prices), default=0.0),
             )
+            if len(self._worst_prices) > 10_000:
+                self._worst_prices.clear()
+            self._worst_prices[(model, mode)] = (now + 60.0, found)
+            return found
 
         return worst
 

@@ -38,10 +38,13 @@ def to_nano(usd: float) -> int:
 
 
 def month_of(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m")
+    """``"2026-11"``: the UTC calendar month (no strftime: this runs per budgeted request)."""
+    if when.utcoffset():
+        when = when.astimezone(UTC)
+    return f"{when.year:04d}-{when.month:02d}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: plain init is faster than frozen
 class BudgetCheck:
     scope: str  # "tenant:<id>", "key:<id>", "user:<tenant>:<user>"
     month: str
@@ -49,7 +52,7 @@ class BudgetCheck:
     amount: int  # nano-dollars to reserve
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per request: plain init is faster than frozen
 class BudgetDecision:
     allowed: bool
     spent: list[int] = field(default_factory=list)  # per check: after reserving, or as found
