@@ -103,11 +103,10 @@ class BudgetKeeper:
         worst = (wanted.prompt * price.input_per_1m + cap * price.output_per_1m) / 1_000_000
         amount = to_nano(worst)
         month = month_of(event.created_at)
-        checks = [
-            BudgetCheck(s.scope, month, to_nano(s.limits.monthly_budget_usd or 0.0), amount)
-            for s in budgeted
-        ]
-        decision = await self._reserve_seeded(budgeted, checks)
+        checks = [BudgetCheck(s.scope, month, s.limits.budget_nano, amount) for s in budgeted]
+        decision = await self.store.reserve(checks)
+        if decision.missing:
+            decision = await self._reserve_seeded(budgeted, checks, decision)
         config = caller.config
         webhook = str(config.budget_webhook_url) if config.budget_webhook_url else None
         if not decision.allowed:
@@ -117,10 +116,9 @@ class BudgetKeeper:
         ]
 
     async def _reserve_seeded(
-        self, budgeted: list[Subject], checks: list[BudgetCheck]
+        self, budgeted: list[Subject], checks: list[BudgetCheck], decision: BudgetDecision
     ) -> BudgetDecision:
-        """Reserve; seed the counters the store does not hold yet from the ledger, and retry."""
-        decision = await self.store.reserve(checks)
+        """Seed the counters the store does not hold yet from the ledger, and reserve again."""
         for _ in range(_SEED_ROUNDS):
             if not decision.missing:
                 return decision

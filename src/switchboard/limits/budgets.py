@@ -84,6 +84,16 @@ class MemoryBudgets:
         self._marks: set[tuple[str, str, str]] = set()
 
     async def reserve(self, checks: Sequence[BudgetCheck]) -> BudgetDecision:
+        if len(checks) == 1:  # the common case, without the lists
+            check = checks[0]
+            key = (check.scope, check.month)
+            spent = self._spent.get(key)
+            if spent is None:
+                return BudgetDecision(allowed=False, missing=[0])
+            if spent + check.amount > check.limit:
+                return BudgetDecision(allowed=False, spent=[spent])
+            self._spent[key] = spent = spent + check.amount
+            return BudgetDecision(allowed=True, spent=[spent])
         keys = [(c.scope, c.month) for c in checks]
         missing = [i for i, k in enumerate(keys) if k not in self._spent]
         if missing:

@@ -146,27 +146,57 @@ def guard_prompt(policy: GuardrailPolicy, body: JSON) -> Verdict:
 # --- built-in guardrails, registered like any extension ----------------------------------
 
 
-def _alternation(patterns: list[str]) -> re.Pattern[str]:
-    """One scan for many patterns; the group that matched names the pattern."""
+def _alternation(patterns: list[str]) -> re.Pattern[str] | None:
+    """One scan for many regular expressions; the group that matched names the pattern."""
+    if not patterns:
+        return None
     return re.compile("|".join(f"(?P<p{i}>{p})" for i, p in enumerate(patterns)), re.IGNORECASE)
 
 
-def _source(pattern: str) -> str:
-    return pattern[3:] if pattern.startswith("re:") else re.escape(pattern)
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """Finds the first of many patterns in a text, case-insensitively. Plain text is looked up
+    with ``in`` on the lower-cased text (C speed); only real regular expressions go through the
+    regex engine, whose case-insensitive alternations are slow. Plain patterns are checked
+    first, then regular expressions, each in the order given."""
+
+    plain: tuple[tuple[str, int], ...]  # (lower-cased text, index of the pattern)
+    regex: re.Pattern[str] | None
+    regex_index: tuple[int, ...]  # group number -> index of the pattern
+
+    @classmethod
+    def build(cls, patterns: list[tuple[str, bool]]) -> Matcher:
+        """``patterns``: (text, is_regex) in priority order."""
+        plain = tuple((p.lower(), i) for i, (p, is_regex) in enumerate(patterns) if not is_regex)
+        regexes = [(p, i) for i, (p, is_regex) in enumerate(patterns) if is_regex]
+        return cls(plain, _alternation([p for p, _ in regexes]), tuple(i for _, i in regexes))
+
+    def first(self, text: str) -> int | None:
+        """The index of a pattern found in ``text``, or None."""
+        if self.plain:
+            low = text.lower()
+            for needle, index in self.plain:
+                if needle in low:
+                    return index
+        if self.regex is not None:
+            match = self.regex.search(text)
+            if match and match.lastgroup:
+                return self.regex_index[int(match.lastgroup[1:])]
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class SensitivePatterns:
     name = "sensitive_prompt_patterns"
-    pattern: re.Pattern[str]
+    matcher: Matcher
     originals: tuple[str, ...]
     reason: str
 
     def inspect(self, request: GuardedRequest) -> None:
         for _container, _key, text in request.texts():
-            match = self.pattern.search(text)
-            if match and match.lastgroup:
-                request.findings.append(f"sensitive:{self.originals[int(match.lastgroup[1:])]}")
+            found = self.matcher.first(text)
+            if found is not None:
+                request.findings.append(f"sensitive:{self.originals[found]}")
                 request.refuse(self.reason)
                 return
 
@@ -176,21 +206,23 @@ def _sensitive(policy: GuardrailPolicy) -> Guardrail | None:
     if not policy.sensitive_prompt_patterns:
         return None
     originals = policy.sensitive_prompt_patterns
-    pattern = _alternation([_source(p) for p in originals])
-    return SensitivePatterns(pattern, originals, policy.sensitive_reason)
+    matcher = Matcher.build(
+        [(p[3:], True) if p.startswith("re:") else (p, False) for p in originals]
+    )
+    return SensitivePatterns(matcher, originals, policy.sensitive_reason)
 
 
 @dataclass(frozen=True, slots=True)
 class RefusalRules:
     name = "refusal_rules"
-    pattern: re.Pattern[str]
+    matcher: Matcher
     reasons: tuple[str, ...]
 
     def inspect(self, request: GuardedRequest) -> None:
         for _container, _key, text in request.texts():
-            match = self.pattern.search(text)
-            if match and match.lastgroup:
-                reason = self.reasons[int(match.lastgroup[1:])]
+            found = self.matcher.first(text)
+            if found is not None:
+                reason = self.reasons[found]
                 request.findings.append(f"refusal:{reason}")
                 request.refuse(reason)
                 return
@@ -201,8 +233,8 @@ def _refusals(policy: GuardrailPolicy) -> Guardrail | None:
     if not policy.refusal_rules:
         return None
     rules = policy.refusal_rules
-    sources = [r.pattern if r.type == "regex" else re.escape(r.pattern) for r in rules]
-    return RefusalRules(_alternation(sources), tuple(r.reason for r in rules))
+    matcher = Matcher.build([(r.pattern, r.type == "regex") for r in rules])
+    return RefusalRules(matcher, tuple(r.reason for r in rules))
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,11 @@ class LimitSet(BaseModel):
         return Rule("tokens", self.tokens_per_minute, 60) if self.tokens_per_minute else None
 
     @cached_property
+    def budget_nano(self) -> int:
+        """The monthly budget in nano-dollars (what the budget counters count in)."""
+        return round((self.monthly_budget_usd or 0.0) * 1_000_000_000)
+
+    @cached_property
     def is_empty(self) -> bool:
         return not (
             self.request_rules
