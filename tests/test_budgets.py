@@ -21,7 +21,7 @@ from switchboard.auth.keys import Caller
 from switchboard.errors import BudgetExceeded, RateLimited
 from switchboard.gateway.budgeting import BudgetAlert, WorstPrice
 from switchboard.gateway.limiting import RequestLimits
-from switchboard.gateway.scopes import Demand, Subject, subjects
+from switchboard.gateway.scopes import Demand, Scopes, Subject
 from switchboard.limits import MemoryLimiter, RedisLimiter
 from switchboard.limits.budgets import (
     NANO,
@@ -214,18 +214,25 @@ async def finish(limits: RequestLimits, event: UsageEvent, cost: float, tokens: 
 
 
 def test_only_scopes_with_limits_are_checked() -> None:
-    assert subjects(make_caller(), "alice") == []
-    found = subjects(
+    assert Scopes().of(make_caller(), "alice") == []
+    found = Scopes().of(
         make_caller({"rate_limit_per_minute": 5, "per_user": {"tokens_per_minute": 9}}, {}),
         "alice",
     )
     assert [s.scope for s in found] == ["tenant:t1", "user:t1:alice"]
     assert found[1].user_id == "alice"
-    keyed = subjects(make_caller({}, {"max_concurrent_requests": 2}), None)
+    keyed = Scopes().of(make_caller({}, {"max_concurrent_requests": 2}), None)
     assert [(s.scope, s.key_id) for s in keyed] == [("key:k1", "k1")]
     owned = make_caller({"per_user": {"rate_limit_per_minute": 1}})
     owned = Caller(replace(owned.key, user_id="usr_1"), owned.tenant, owned.config)
-    assert [s.scope for s in subjects(owned, "declared")] == ["user:t1:usr_1"]
+    assert [s.scope for s in Scopes().of(owned, "declared")] == ["user:t1:usr_1"]
+    scopes = Scopes()  # an edited config replaces the cached subjects, never stale
+    first = scopes.of(make_caller({"rate_limit_per_minute": 5}), None)
+    assert [s.limits.rate_limit_per_minute for s in first] == [5]
+    assert scopes.of(make_caller({"rate_limit_per_minute": 5}), None)[0].scope == "tenant:t1"
+    edited = scopes.of(make_caller({"rate_limit_per_minute": 9}), None)
+    assert [s.limits.rate_limit_per_minute for s in edited] == [9]
+    assert scopes.of(make_caller({}), None) == []
 
 
 async def test_key_and_tenant_request_limits_both_apply(stores: Stores) -> None:

@@ -51,7 +51,9 @@ def test_events_feed_counters_and_histograms() -> None:
     metrics.observe(event(status=502, tokens_input=0, tokens_output=0, cost_usd=0.0))
     nothing = {"provider": None, "tokens_input": 0, "tokens_output": 0, "cost_usd": 0.0}
     metrics.observe(event(**nothing, refusal_reason='Say "no"'))
-    metrics.observe(event(**nothing, status=429, error="Monthly budget exceeded for ..."))
+    metrics.observe(
+        event(**nothing, status=429, error="Monthly budget ...", error_code="budget_exceeded")
+    )
     metrics.observe(event(**nothing, status=404, model="gpt-typo-123"))
     metrics.observe(event(provider=None, cached=True, cost_usd=0.0))
     backlog: dict[tuple[str, ...], float] = {(): 3.0}
@@ -95,6 +97,13 @@ def test_the_gateway_serves_metrics(gateway: RunningGateway) -> None:
             client.chat.completions.create(
                 model="no-such-model", messages=[{"role": "user", "content": "hello"}]
             )
+        slug = gateway.keys["metrics:slug"]
+        zero = {"monthly_budget_usd": 0}
+        assert gateway.admin("PUT", f"/admin/v1/tenants/{slug}/config", json=zero).is_success
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(
+                model="gpt-fake", messages=[{"role": "user", "content": "hello"}]
+            )
     response = httpx.get(gateway.url + "/metrics", timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -104,6 +113,8 @@ def test_the_gateway_serves_metrics(gateway: RunningGateway) -> None:
     assert got[ok] == 1
     missing = at(requests, tenant=tenant_id, model="(unknown)", provider="", status="4xx")
     assert got[missing] == 1
+    refused = at("switchboard_limited_total", tenant=tenant_id, code="budget_exceeded")
+    assert got[refused] == 1
     for name in ("switchboard_export_pending_events", "switchboard_export_lag_seconds",
                  "switchboard_usage_buffer_events"):  # fmt: skip
         assert at(name) in got

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from switchboard.api.admin_access import Access, access
 from switchboard.api.context import runtime
-from switchboard.api.http import JSONResponse, read_json
+from switchboard.api.http import JSONResponse, read_json, validated
 from switchboard.auth import rbac
 from switchboard.doctor import breaker_findings, diagnose
 from switchboard.errors import InvalidRequest
@@ -120,12 +119,7 @@ async def put_tenant_config(request: Request) -> Response:
     if named is not None and named not in (tenant.slug, tenant.id):
         raise InvalidRequest("tenant_id does not match the tenant in the path", param="tenant_id")
     usage_mode = body.pop("usage_mode", None)
-    try:
-        config = TenantConfig.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+    config = validated(TenantConfig, body)
     if usage_mode is not None:
         tenant = await rt.platform.tenants.update(tenant.id, usage_mode=str(usage_mode))
     await rt.platform.configs.put(tenant.id, config)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from switchboard.api.admin import _admin, _object
 from switchboard.api.context import runtime
-from switchboard.api.http import JSONResponse
+from switchboard.api.http import JSONResponse, validated
 from switchboard.errors import InvalidRequest
 from switchboard.metering.billing import PlanTerms
 from switchboard.metering.export_ops import backlog_view, dead_letter_view
@@ -92,12 +91,7 @@ async def put_plan(request: Request) -> Response:
             raise InvalidRequest(
                 "'effective_from' must be an ISO 8601 time", param="effective_from"
             ) from exc
-    try:
-        terms = PlanTerms.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"invalid plan: {where}: {first['msg']}", param=where) from None
+    terms = validated(PlanTerms, body, "plan")
     version = await rt.platform.plans.put(tenant.id, terms, effective_from=effective_from)
     return JSONResponse(version.view())
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -21,7 +20,7 @@ from starlette.routing import Route
 from switchboard.api.admin_access import Access, access
 from switchboard.api.auth_external import public_base
 from switchboard.api.context import runtime
-from switchboard.api.http import JSONResponse, read_json
+from switchboard.api.http import JSONResponse, read_json, validated
 from switchboard.auth.external_login import callback_path
 from switchboard.auth.identity_providers import IdentityProvider, ProviderDocument
 from switchboard.errors import InvalidRequest
@@ -60,12 +59,7 @@ async def _document(request: Request) -> tuple[dict[str, Any], ProviderDocument]
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     fields = {k: v for k, v in body.items() if k not in ("name", _SECRET)}
-    try:
-        return body, ProviderDocument.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from exc
+    return body, validated(ProviderDocument, fields)
 
 
 def _secret(body: dict[str, Any]) -> str | None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from switchboard.api.admin import _admin, _object
 from switchboard.api.admin_access import access
-from switchboard.api.http import JSONResponse
+from switchboard.api.http import JSONResponse, validated
 from switchboard.errors import InvalidRequest
 from switchboard.limits.budgets import month_of
 from switchboard.policy.limit_set import KeyPolicy
@@ -45,12 +44,7 @@ async def put_key_policy(request: Request) -> Response:
     key = _key(request)
     body = await _object(request)
     body.pop("key_id", None)
-    try:
-        policy = KeyPolicy.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        raise InvalidRequest(f"invalid key policy: {where}: {first['msg']}", param=where) from None
+    policy = validated(KeyPolicy, body, "key policy")
     await rt.platform.key_policies.put(key.tenant_id, key.id, policy)
     access(request).audit(fields=sorted(policy.model_dump(exclude_defaults=True)))
     rt.keys.forget(key_id=key.id)

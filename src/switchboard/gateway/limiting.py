@@ -33,7 +33,7 @@ from switchboard.gateway.budgeting import (
     SpendReader,
     WorstPrice,
 )
-from switchboard.gateway.scopes import Demand, Subject, subjects
+from switchboard.gateway.scopes import Demand, Scopes, Subject
 from switchboard.limits import Check, Limiter, Rule, Scope, headers, rate_limited
 from switchboard.limits.budgets import BudgetStore, to_nano
 from switchboard.metering.usage import UsageEvent
@@ -77,6 +77,7 @@ class RequestLimits:
                 spawn=self._spawn,
             )
         )
+        self._scopes = Scopes()
         self._lease_seconds = lease_seconds
         self._settle_every = settle_every
         self._owed_tokens: dict[tuple[Scope, Rule], int] = {}
@@ -93,7 +94,7 @@ class RequestLimits:
     ) -> None:
         """``demand`` and ``worst_price`` are only called when a token rule or a budget needs
         them. Raises `RateLimited` or `BudgetExceeded`, having given back what it took."""
-        found = subjects(caller, event.user_id)
+        found = self._scopes.of(caller, event.user_id)
         if not found:
             return
         held = Held()

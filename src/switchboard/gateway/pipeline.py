@@ -169,6 +169,7 @@ class Gateway:
             yield event
         except SwitchboardError as exc:
             event.status, event.error = exc.status_code, exc.message
+            event.error_code = exc.code
             raise
         except BaseException as exc:
             event.status, event.error = 500, f"internal error: {type(exc).__name__}"

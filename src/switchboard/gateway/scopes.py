@@ -33,35 +33,38 @@ class Subject:
     user_id: str | None = None
 
 
-def subjects(caller: Caller, user: str | None) -> list[Subject]:
-    """The scopes with limits of their own for this request (often none: the fast path)."""
-    out = list(_fixed_subjects(caller))
-    per_user = caller.config.per_user
-    user = caller.key.user_id or user  # a key's owner is proven; a named user is declared
-    if user and per_user is not None and not per_user.is_empty:
+class Scopes:
+    """Which scopes with limits of their own a request has (often none: the fast path). The
+    tenant's and the key's subjects are built once per cached caller: an admin's edit replaces
+    the config or policy object, which is how a stale entry is recognised."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._max = max_entries
+        self._fixed: dict[tuple[str, str], tuple[object, object, tuple[Subject, ...]]] = {}
+
+    def of(self, caller: Caller, user: str | None) -> list[Subject]:
+        out = list(self._fixed_subjects(caller))
+        per_user = caller.config.per_user
+        user = caller.key.user_id or user  # a key's owner is proven; a named user is declared
+        if user and per_user is not None and not per_user.is_empty:
+            tenant = caller.tenant.id
+            out.append(Subject(user_scope(tenant, user), per_user, tenant, user_id=user))
+        return out
+
+    def _fixed_subjects(self, caller: Caller) -> tuple[Subject, ...]:
+        key = (caller.tenant.id, caller.key.id)
+        found = self._fixed.get(key)
+        if found is not None and found[0] is caller.config and found[1] is caller.policy:
+            return found[2]
         tenant = caller.tenant.id
-        out.append(Subject(user_scope(tenant, user), per_user, tenant, user_id=user))
-    return out
-
-
-_FIXED: dict[tuple[str, str], tuple[object, object, tuple[Subject, ...]]] = {}
-_FIXED_MAX = 100_000
-
-
-def _fixed_subjects(caller: Caller) -> tuple[Subject, ...]:
-    """The tenant's and the key's subjects, built once per cached caller (its config and
-    policy objects are replaced, not changed, when an admin edits them)."""
-    key = (caller.tenant.id, caller.key.id)
-    found = _FIXED.get(key)
-    if found is not None and found[0] is caller.config and found[1] is caller.policy:
-        return found[2]
-    tenant = caller.tenant.id
-    built = []
-    if not caller.config.limits.is_empty:
-        built.append(Subject(tenant_scope(tenant), caller.config.limits, tenant))
-    if not caller.policy.is_empty:
-        built.append(Subject(key_scope(caller.key.id), caller.policy, tenant, key_id=caller.key.id))
-    if len(_FIXED) >= _FIXED_MAX:
-        _FIXED.clear()
-    _FIXED[key] = (caller.config, caller.policy, tuple(built))
-    return _FIXED[key][2]
+        built = []
+        if not caller.config.limits.is_empty:
+            built.append(Subject(tenant_scope(tenant), caller.config.limits, tenant))
+        if not caller.policy.is_empty:
+            built.append(
+                Subject(key_scope(caller.key.id), caller.policy, tenant, key_id=caller.key.id)
+            )
+        if len(self._fixed) >= self._max:
+            self._fixed.clear()
+        self._fixed[key] = (caller.config, caller.policy, tuple(built))
+        return self._fixed[key][2]

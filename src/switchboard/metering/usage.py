@@ -47,10 +47,12 @@ class UsageEvent:
     refusal_reason: str | None = None
     cached: bool = False
     started: float = field(default=0.0, repr=False)
-    # In flight only, never stored: response headers from the limits step, and what the limits
-    # step holds for the request (reservations, leases) until the event is recorded.
+    # In flight only, never stored: response headers from the limits step, what the limits
+    # step holds for the request (reservations, leases) until the event is recorded, and the
+    # machine-readable code of the error the gateway itself raised (for the metrics).
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
     admission: Any = field(default=None, repr=False)
+    error_code: str | None = field(default=None, repr=False)
 
     def as_row(self) -> dict[str, object]:
         return {

@@ -93,7 +93,7 @@ class Metrics:
             rkey = (tenant, event.refusal_reason)
             self.refusals[rkey] = self.refusals.get(rkey, 0) + 1
         if status == 429 and not provider:  # refused before any upstream: our own limits
-            lkey = (tenant, _limit_code(event.error))
+            lkey = (tenant, event.error_code or "rate_limit_exceeded")
             self.limited[lkey] = self.limited.get(lkey, 0) + 1
         if event.cached:
             self.cache_hits[(tenant,)] = self.cache_hits.get((tenant,), 0) + 1
@@ -132,15 +132,6 @@ class Metrics:
         for gauge in gauges:
             _samples(out, gauge, "gauge", self.worker)
         return "\n".join(out) + "\n"
-
-
-def _limit_code(error: str | None) -> str:
-    text = (error or "").lower()
-    if "budget" in text:
-        return "budget_exceeded"
-    if "concurrency" in text:
-        return "concurrency_limit_exceeded"
-    return "rate_limit_exceeded"
 
 
 def _samples(out: list[str], metric: Gauge, kind: str, worker: str) -> None:
