@@ -143,32 +143,39 @@ def test_disabling_or_repassing_a_user_ends_their_sessions(gateway: RunningGatew
     frank = call("POST", "{t}/users", json={"email": "frank@example.com", "password": PASSWORD})
     user_id = frank.json()["id"]
     key = call("POST", "{t}/keys", json={"user": user_id}).json()["key"]
-    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
-    assert sdk.models.list().data
-    session = call.sign_in("frank@example.com")
-    me = httpx.get(gateway.url + "/auth/v1/me", headers=bearer(session["access_token"]), timeout=10)
-    assert me.status_code == 200
-    new_password = "a brand new passphrase"
-    assert (
-        call("PATCH", f"{{t}}/users/{user_id}", json={"password": new_password}).status_code == 200
-    )
-    gone = httpx.get(
-        gateway.url + "/auth/v1/me", headers=bearer(session["access_token"]), timeout=10
-    )
-    assert gone.json()["error"]["code"] == "session_revoked"
-    assert login_as(gateway.url, call.tenant, "frank@example.com", PASSWORD).status_code == 401
-    again = call.sign_in("frank@example.com", new_password)
-    assert call("PATCH", f"{{t}}/users/{user_id}", json={"disabled": True}).json()["disabled"]
-    refused = httpx.post(
-        gateway.url + "/auth/v1/refresh", json={"refresh_token": again["refresh_token"]}, timeout=10
-    )
-    assert refused.json()["error"]["code"] == "session_revoked"
-    assert login_as(gateway.url, call.tenant, "frank@example.com", new_password).status_code == 401
-    with pytest.raises(openai.AuthenticationError) as blocked:
-        sdk.models.list()
-    assert blocked.value.code == "key_owner_disabled"
-    assert call("PATCH", f"{{t}}/users/{user_id}", json={"disabled": False}).status_code == 200
-    assert sdk.models.list().data  # enabled again: the key works again
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        assert sdk.models.list().data
+        session = call.sign_in("frank@example.com")
+        me = httpx.get(
+            gateway.url + "/auth/v1/me", headers=bearer(session["access_token"]), timeout=10
+        )
+        assert me.status_code == 200
+        new_password = "a brand new passphrase"
+        assert (
+            call("PATCH", f"{{t}}/users/{user_id}", json={"password": new_password}).status_code
+            == 200
+        )
+        gone = httpx.get(
+            gateway.url + "/auth/v1/me", headers=bearer(session["access_token"]), timeout=10
+        )
+        assert gone.json()["error"]["code"] == "session_revoked"
+        assert login_as(gateway.url, call.tenant, "frank@example.com", PASSWORD).status_code == 401
+        again = call.sign_in("frank@example.com", new_password)
+        assert call("PATCH", f"{{t}}/users/{user_id}", json={"disabled": True}).json()["disabled"]
+        refused = httpx.post(
+            gateway.url + "/auth/v1/refresh",
+            json={"refresh_token": again["refresh_token"]},
+            timeout=10,
+        )
+        assert refused.json()["error"]["code"] == "session_revoked"
+        assert (
+            login_as(gateway.url, call.tenant, "frank@example.com", new_password).status_code == 401
+        )
+        with pytest.raises(openai.AuthenticationError) as blocked:
+            sdk.models.list()
+        assert blocked.value.code == "key_owner_disabled"
+        assert call("PATCH", f"{{t}}/users/{user_id}", json={"disabled": False}).status_code == 200
+        assert sdk.models.list().data  # enabled again: the key works again
 
 
 @pytest.mark.slow
@@ -187,19 +194,19 @@ def test_keys_for_users_and_service_keys(gateway: RunningGateway) -> None:
     session = call.sign_in("grace@example.com")
     own = call("POST", "{t}/keys", token=session["access_token"], json={"name": "laptop"}).json()
     assert own["user_id"] == grace_id
-    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=own["key"], max_retries=0)
-    assert sdk.chat.completions.create(
-        model="gpt-fake", messages=[{"role": "user", "content": "hi"}]
-    ).choices
-    mine = call("GET", "{t}/keys", token=session["access_token"]).json()["data"]
-    assert {k["id"] for k in mine} == {own["id"], for_her.json()["id"]}
-    # Deleting her revokes her keys: the gateway refuses them.
-    assert call("DELETE", f"{{t}}/users/{grace_id}").status_code == 204
-    with pytest.raises(openai.AuthenticationError):
-        sdk.models.list()
-    keys = {k["id"]: k for k in call("GET", "{t}/keys").json()["data"]}
-    assert keys[own["id"]]["revoked_at"] is not None
-    assert keys[own["id"]]["user_id"] is None
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=own["key"], max_retries=0) as sdk:
+        assert sdk.chat.completions.create(
+            model="gpt-fake", messages=[{"role": "user", "content": "hi"}]
+        ).choices
+        mine = call("GET", "{t}/keys", token=session["access_token"]).json()["data"]
+        assert {k["id"] for k in mine} == {own["id"], for_her.json()["id"]}
+        # Deleting her revokes her keys: the gateway refuses them.
+        assert call("DELETE", f"{{t}}/users/{grace_id}").status_code == 204
+        with pytest.raises(openai.AuthenticationError):
+            sdk.models.list()
+        keys = {k["id"]: k for k in call("GET", "{t}/keys").json()["data"]}
+        assert keys[own["id"]]["revoked_at"] is not None
+        assert keys[own["id"]]["user_id"] is None
 
 
 @pytest.mark.slow
