@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -75,6 +76,15 @@ def catalog() -> ModelCatalog:
 def test_visible_per_usage_mode(catalog: ModelCatalog, mode: UsageMode, visible: list[str]) -> None:
     assert catalog.visible(mode) == visible
     assert catalog.names() == ["gpt", "llama", "mixed"]
+
+
+def test_route_allows_deployments_per_mode_in_order() -> None:
+    a, b, c = dep("m", LOCAL, "a"), dep("m", CLOUD, "b"), dep("m", LOCAL, "c")
+    route = ModelRoute("m", (a, b, c))
+    assert route.allowed("local") == (a, c)
+    assert route.allowed("external") == (b,)
+    assert route.allowed("hybrid") == (a, b, c)
+    assert replace(route, deployments=(b,)).allowed("local") == ()  # computed per instance
 
 
 def test_mixed_model_resolves_per_mode(catalog: ModelCatalog) -> None:

@@ -74,10 +74,19 @@ class ModelRoute:
     strategy: str = "weighted"
     fallbacks: tuple[str, ...] = ()
     fallback_on_context_window: bool = False
+    # The deployments each usage mode may use, in order; built once (a provider's locality is
+    # fixed by its configuration), so the hot path does one dict lookup.
+    _by_mode: dict[str, tuple[Deployment, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_mode = {
+            mode: tuple(d for d in self.deployments if d.locality in localities)
+            for mode, localities in _ALLOWED.items()
+        }
+        object.__setattr__(self, "_by_mode", by_mode)
 
     def allowed(self, mode: UsageMode) -> tuple[Deployment, ...]:
-        allowed = _ALLOWED[mode]
-        return tuple(d for d in self.deployments if d.locality in allowed)
+        return self._by_mode[mode]
 
 
 class ModelCatalog:
