@@ -156,6 +156,7 @@ class Runtime:
 
     async def stop(self) -> None:
         await self._stop_export()  # bounded, never raises: the recorder below still drains
+        await self.keys.aclose()  # key lookups under way, before the database goes
         await self.gateway.cache.aclose()
         await self.gateway.limits.aclose()
         if self.notifier is not None:
