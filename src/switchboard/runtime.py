@@ -103,6 +103,7 @@ class Runtime:
             wal=UsageWal(
                 settings.data_dir / "usage-wal",
                 sync_interval=settings.usage_wal_sync_interval_seconds,
+                segment_bytes=settings.usage_wal_segment_bytes,
             )
             if settings.usage_wal
             else None,

@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         description="How often the usage write-ahead log is fsynced (bounds what a power loss "
         "can take).",
     )
+    usage_wal_segment_bytes: int = Field(
+        default=4 << 20,
+        ge=4096,
+        description="Disk space reserved for each usage write-ahead log segment (a memory map); "
+        "a full one rolls over to the next. Sealed segments are cut to their events.",
+    )
     lago_url: str | None = Field(
         default=None,
         description="Base URL of the Lago API (e.g. https://api.getlago.com). When set, usage "
