@@ -25,6 +25,7 @@ from typer.testing import CliRunner, Result
 
 from fakes import anthropic_upstream, bedrock_upstream, ollama_upstream, openai_upstream
 from fakes.server import ServerThread
+from switchboard.api.http_protocol import CorkedHttpToolsProtocol
 from switchboard.app import SwitchboardApp, create_app
 from switchboard.cli import app as cli_app
 from switchboard.config import GatewayConfig, parse_config
@@ -312,7 +313,7 @@ def start_gateway(
     }
     settings = Settings(**{**values, **overrides})
     app = create_app(settings, config)
-    return ServerThread(app), app
+    return ServerThread(app, http=CorkedHttpToolsProtocol), app  # as `switchboard serve` runs
 
 
 async def ledger_rows(url: str, tenant_id: str) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from switchboard.api.errors import EXCEPTION_HANDLERS
 from switchboard.api.ollama import OllamaSurface
 from switchboard.api.openai import OpenAISurface
 from switchboard.config import GatewayConfig, load_config
+from switchboard.heap import freeze_startup_heap, thaw_heap
 from switchboard.runtime import Runtime
 from switchboard.settings import Settings
 
@@ -79,9 +80,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.runtime = await Runtime.start(settings, chosen)
+        freeze_startup_heap()
         try:
             yield
         finally:
+            thaw_heap()
             await app.state.runtime.stop()
 
     framework = Starlette(

@@ -68,6 +68,7 @@ def serve(
     """Run the gateway (SQLite and in-process defaults unless configured otherwise)."""
     import uvicorn
 
+    from switchboard.api.http_protocol import CorkedHttpToolsProtocol
     from switchboard.auth.admin import ensure_admin_key
     from switchboard.runtime import print_admin_key
     from switchboard.store import Database
@@ -100,7 +101,7 @@ def serve(
         port=port or settings.port,
         workers=workers or settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=CorkedHttpToolsProtocol,
         access_log=settings.access_log,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,

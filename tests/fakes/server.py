@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from types import TracebackType
@@ -26,6 +27,7 @@ class ServerThread:
         *,
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 10.0,
+        http: type[asyncio.Protocol] | str = "auto",
     ) -> None:
         config = uvicorn.Config(
             app,
@@ -38,6 +40,7 @@ class ServerThread:
             lifespan="auto",
             loop="asyncio",
             ws="none",
+            http=http,
             # Backstop so stop() stays bounded even if a handler is stalled.
             timeout_graceful_shutdown=2,
         )
