@@ -14,7 +14,7 @@ batches the settlements.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -92,7 +92,7 @@ class BudgetKeeper:
         self,
         caller: Caller,
         event: UsageEvent,
-        budgeted: list[Subject],
+        budgeted: Sequence[Subject],
         wanted: Demand,
         price: WorstPrice,
     ) -> list[BudgetHold]:
@@ -116,7 +116,7 @@ class BudgetKeeper:
         ]
 
     async def _reserve_seeded(
-        self, budgeted: list[Subject], checks: list[BudgetCheck], decision: BudgetDecision
+        self, budgeted: Sequence[Subject], checks: list[BudgetCheck], decision: BudgetDecision
     ) -> BudgetDecision:
         """Seed the counters the store does not hold yet from the ledger, and reserve again."""
         for _ in range(_SEED_ROUNDS):
@@ -130,7 +130,7 @@ class BudgetKeeper:
 
     async def _refused(
         self,
-        budgeted: list[Subject],
+        budgeted: Sequence[Subject],
         checks: list[BudgetCheck],
         decision: BudgetDecision,
         worst: float,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from switchboard.auth.keys import Caller
@@ -33,7 +33,7 @@ from switchboard.gateway.budgeting import (
     SpendReader,
     WorstPrice,
 )
-from switchboard.gateway.scopes import Demand, Scopes, Subject
+from switchboard.gateway.scopes import Demand, Scopes
 from switchboard.limits import Check, Limiter, Rule, Scope, headers, rate_limited
 from switchboard.limits.budgets import BudgetStore, to_nano
 from switchboard.metering.usage import UsageEvent
@@ -47,8 +47,8 @@ _SEED_ROUNDS = 3
 class Held:
     """What an admitted request holds until its usage event is recorded."""
 
-    checks: list[Check] = field(default_factory=list)
-    tokens: list[tuple[Scope, Rule, int]] = field(default_factory=list)
+    checks: Sequence[Check] = ()
+    tokens: Sequence[tuple[Scope, Rule, int]] = ()
     leases: list[Scope] = field(default_factory=list)
     budgets: list[BudgetHold] = field(default_factory=list)
 
@@ -94,51 +94,45 @@ class RequestLimits:
     ) -> None:
         """``demand`` and ``worst_price`` are only called when a token rule or a budget needs
         them. Raises `RateLimited` or `BudgetExceeded`, having given back what it took."""
-        found = self._scopes.of(caller, event.user_id)
-        if not found:
+        plan = self._scopes.plan(caller, event.user_id)
+        if plan is None:
             return
-        held = Held()
+        held = Held(plan.request_checks)
         wanted: Demand | None = None
-        for subject in found:
-            held.checks += [(subject.scope, rule, 1) for rule in subject.limits.request_rules]
-            rule = subject.limits.token_rule
-            if rule is not None:
-                wanted = wanted or demand()
-                held.checks.append((subject.scope, rule, wanted.tokens))
-                held.tokens.append((subject.scope, rule, wanted.tokens))
+        if plan.token_rules:
+            wanted = demand()
+            held.tokens = [(scope, rule, wanted.tokens) for scope, rule in plan.token_rules]
+            held.checks = [*plan.request_checks, *held.tokens]
         if held.checks:
-            decision = await self.limiter.admit(held.checks)
+            decision = await self.limiter.admit(held.checks, distinct=True)
             event.response_headers = headers(decision)
             if not decision.allowed:
                 error = rate_limited(decision)
                 error.headers = event.response_headers
                 raise error
         try:
-            await self._lease(found, held)
-            budgeted = [s for s in found if s.limits.monthly_budget_usd is not None]
-            if budgeted and self.budgets is not None:
+            if plan.leases:
+                await self._lease(plan.leases, held)
+            if plan.budgeted and self.budgets is not None:
                 wanted = wanted or demand()
                 held.budgets = await self.budgets.reserve(
-                    caller, event, budgeted, wanted, worst_price()
+                    caller, event, plan.budgeted, wanted, worst_price()
                 )
         except RateLimited:
             await self._give_back(held)
             raise
         event.admission = held
 
-    async def _lease(self, found: list[Subject], held: Held) -> None:
-        for subject in found:
-            most = subject.limits.max_concurrent_requests
-            if most is None:
-                continue
-            if not await self.limiter.acquire(subject.scope, most, self._lease_seconds):
+    async def _lease(self, leases: Sequence[tuple[Scope, int]], held: Held) -> None:
+        for scope, most in leases:
+            if not await self.limiter.acquire(scope, most, self._lease_seconds):
                 raise RateLimited(
-                    f"Concurrency limit reached for {subject.scope}: at most {most} requests "
+                    f"Concurrency limit reached for {scope}: at most {most} requests "
                     "at once; retry when one finishes",
                     retry_after=1,
                     code="concurrency_limit_exceeded",
                 )
-            held.leases.append(subject.scope)
+            held.leases.append(scope)
 
     async def _give_back(self, held: Held) -> None:
         for scope in held.leases:

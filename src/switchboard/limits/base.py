@@ -63,6 +63,7 @@ class Rule:
     # Derived once: rules are built once per tenant config and used on every request, as dict
     # keys too (a frozen dataclass would otherwise hash its fields on every lookup).
     interval: float = field(init=False, repr=False, compare=False)  # seconds per unit
+    limit_header: bytes = field(init=False, repr=False, compare=False)  # x-ratelimit-limit-*
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +72,7 @@ class Rule:
         if self.limit < 1 or self.window_seconds < 1:
             raise ValueError("a rule needs limit >= 1 and window_seconds >= 1")
         object.__setattr__(self, "interval", self.window_seconds / self.limit)
+        object.__setattr__(self, "limit_header", str(self.limit).encode())
         object.__setattr__(self, "_hash", hash((self.name, self.limit, self.window_seconds)))
 
     def __hash__(self) -> int:
@@ -100,8 +102,10 @@ class Decision:
 
 
 class Limiter(Protocol):
-    async def admit(self, checks: Sequence[Check]) -> Decision:
-        """Consume every check's cost if all of them fit, else nothing. One call per request."""
+    async def admit(self, checks: Sequence[Check], *, distinct: bool = False) -> Decision:
+        """Consume every check's cost if all of them fit, else nothing. One call per request.
+        ``distinct``: the caller vouches that no (scope, rule) repeats and no cost is negative,
+        so the checks need no merging."""
         ...
 
     async def settle(self, scope: Scope, rule: Rule, delta: int) -> None:
@@ -158,14 +162,15 @@ def lateness(backlog: float, rule: Rule, cost: int) -> float:
 
 
 def rule_state(scope: Scope, rule: Rule, backlog: float, late: float) -> RuleState:
+    limit = rule.limit
     free = math.floor((rule.window_seconds - backlog) / rule.interval + EPS)
     return RuleState(
-        scope=scope,
-        rule=rule,
-        limit=rule.limit,
-        remaining=min(rule.limit, max(0, free)),
-        reset_seconds=max(0.0, backlog),
-        retry_after_seconds=late if late > EPS else 0.0,
+        scope,
+        rule,
+        limit,
+        limit if free > limit else (free if free > 0 else 0),
+        backlog if backlog > 0.0 else 0.0,
+        late if late > EPS else 0.0,
     )
 
 
@@ -190,11 +195,9 @@ def rate_limited(decision: Decision) -> RateLimited:
 
 def format_duration(seconds: float) -> str:
     """OpenAI's (Go's) duration text: "12ms", "1s", "1.5s", "6m0s", "1h0m0s"."""
-    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
-    if ms == 0:
-        return "0s"
+    ms = math.ceil(seconds * 1000 - 1e-6)
     if ms < 1000:
-        return f"{ms}ms"
+        return f"{ms}ms" if ms > 0 else "0s"
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
     secs = f"{rest // 1000}.{rest % 1000:03d}".rstrip("0").rstrip(".") + "s"
@@ -205,38 +208,55 @@ def format_duration(seconds: float) -> str:
     return secs
 
 
-_HEADER_NAMES = {
-    name: (
-        f"x-ratelimit-limit-{name}".encode(),
-        f"x-ratelimit-remaining-{name}".encode(),
-        f"x-ratelimit-reset-{name}".encode(),
-    )
-    for name in ("requests", "tokens")
-}
+_REQUESTS_HEADERS = (
+    b"x-ratelimit-limit-requests",
+    b"x-ratelimit-remaining-requests",
+    b"x-ratelimit-reset-requests",
+)
+_TOKENS_HEADERS = (
+    b"x-ratelimit-limit-tokens",
+    b"x-ratelimit-remaining-tokens",
+    b"x-ratelimit-reset-tokens",
+)
 
 
 def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens} from the tightest state per rule
     name (fewest remaining, then the longest reset). Rule names without a state are left out.
     One pass over the states: this runs on every response of a tenant with limits."""
-    tight: dict[str, RuleState] = {}
+    requests: RuleState | None = None
+    tokens: RuleState | None = None
     for state in decision.states:
-        name = state.rule.name
-        best = tight.get(name)
-        if best is None or (state.remaining, -state.reset_seconds) < (
-            best.remaining,
-            -best.reset_seconds,
-        ):
-            tight[name] = state
+        if state.rule.name == "requests":
+            best = requests
+            if (
+                best is None
+                or state.remaining < best.remaining
+                or (state.remaining == best.remaining and state.reset_seconds > best.reset_seconds)
+            ):
+                requests = state
+        else:
+            best = tokens
+            if (
+                best is None
+                or state.remaining < best.remaining
+                or (state.remaining == best.remaining and state.reset_seconds > best.reset_seconds)
+            ):
+                tokens = state
     out: list[tuple[bytes, bytes]] = []
-    for name in ("requests", "tokens"):
-        chosen = tight.get(name)
-        if chosen is None:
-            continue
-        limit_h, remaining_h, reset_h = _HEADER_NAMES[name]
-        out += [
-            (limit_h, str(chosen.limit).encode()),
-            (remaining_h, str(chosen.remaining).encode()),
-            (reset_h, format_duration(chosen.reset_seconds).encode()),
-        ]
+    if requests is not None:
+        out += _state_headers(_REQUESTS_HEADERS, requests)
+    if tokens is not None:
+        out += _state_headers(_TOKENS_HEADERS, tokens)
     return out
+
+
+def _state_headers(
+    names: tuple[bytes, bytes, bytes], state: RuleState
+) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes], tuple[bytes, bytes]]:
+    limit_h, remaining_h, reset_h = names
+    return (
+        (limit_h, state.rule.limit_header),
+        (remaining_h, b"%d" % state.remaining),
+        (reset_h, format_duration(state.reset_seconds).encode()),
+    )

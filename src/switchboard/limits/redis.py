@@ -155,8 +155,8 @@ class RedisLimiter:
     def lease_key(self, scope: Scope) -> str:
         return f"{self.prefix}c:{scope}"
 
-    async def admit(self, checks: Sequence[Check]) -> Decision:
-        merged = merge_checks(checks)
+    async def admit(self, checks: Sequence[Check], *, distinct: bool = False) -> Decision:
+        merged = list(checks) if distinct else merge_checks(checks)
         if not merged:
             return Decision(allowed=True)
         keys = [self.bucket_key(scope, rule) for scope, rule, _ in merged]
