@@ -228,27 +228,23 @@ def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     tokens: RuleState | None = None
     for state in decision.states:
         if state.rule.name == "requests":
-            best = requests
-            if (
-                best is None
-                or state.remaining < best.remaining
-                or (state.remaining == best.remaining and state.reset_seconds > best.reset_seconds)
-            ):
+            if requests is None or _tighter(state, requests):
                 requests = state
-        else:
-            best = tokens
-            if (
-                best is None
-                or state.remaining < best.remaining
-                or (state.remaining == best.remaining and state.reset_seconds > best.reset_seconds)
-            ):
-                tokens = state
+        elif tokens is None or _tighter(state, tokens):
+            tokens = state
     out: list[tuple[bytes, bytes]] = []
     if requests is not None:
         out += _state_headers(_REQUESTS_HEADERS, requests)
     if tokens is not None:
         out += _state_headers(_TOKENS_HEADERS, tokens)
     return out
+
+
+def _tighter(state: RuleState, than: RuleState) -> bool:
+    """Fewer remaining, or as many and a longer reset."""
+    return state.remaining < than.remaining or (
+        state.remaining == than.remaining and state.reset_seconds > than.reset_seconds
+    )
 
 
 def _state_headers(
