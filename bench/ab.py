@@ -1,0 +1,157 @@
+"""A/B: two gateways side by side on one fake upstream, measured in alternating rounds.
+
+On a small shared machine, two runs of `run.py` minutes apart differ by 10-30% in CPU per
+request: the host, not the code. This script takes the drift out of a comparison. It starts
+one fake upstream and two `switchboard serve` processes, A and B, each with its own source
+tree (``--root-a``/``--root-b``, for before/after a change) and tenant policy
+(``--policy-a``/``--policy-b``, e.g. the bare tenant against `tenant-governed.json`), then runs
+``wrk`` (POST /v1/chat/completions, the peers kit's script) against A, B, A, B, ... and prints,
+per side, the median and every round of requests/s and gateway CPU ms per request (all of the
+gateway's threads, from the scheduler's own accounting in /proc/<pid>/task/*/schedstat).
+Only 127.0.0.1 is a target; every round is bounded by its request count and wrk's -d.
+
+    python bench/ab.py --policy-b bench/tenant-governed.json            # policy overhead
+    python bench/ab.py --root-a /path/to/old/checkout                   # before/after
+    python bench/ab.py --concurrency 1 --requests 4000 --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from run import ADMIN_KEY, ROOT, admin_post, free_port, wait_http
+
+
+def gateway_cpu_ns(pid: int) -> int:
+    """On-CPU nanoseconds of every thread of ``pid`` (threads that exited are not counted)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def wrk_round(wrk_script: Path, url: str, key: str, args: argparse.Namespace) -> float:
+    env = {
+        **os.environ,
+        "WRK_KEY": key,
+        "WRK_REQUESTS": str(args.requests),
+        "WRK_THREADS": "1",
+    }
+    command = ["wrk", "-t1", f"-c{args.concurrency}", "-d120s", "--timeout", "10s"]
+    out = subprocess.run(
+        [*command, "-s", str(wrk_script), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=Path, default=ROOT.parent / "shared" / "peers")
+    parser.add_argument("--root-a", type=Path, default=ROOT)
+    parser.add_argument("--root-b", type=Path, default=ROOT)
+    parser.add_argument("--policy-a", type=Path, default=None)
+    parser.add_argument("--policy-b", type=Path, default=None)
+    parser.add_argument("--config", type=Path, default=ROOT / "bench" / "gateway.yaml")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=8000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
+    wrk_script = args.peers / "wrk_chat.lua"
+    if not wrk_script.exists():
+        raise SystemExit(f"peers kit not found at {args.peers}: pass --peers")
+    work = Path(tempfile.mkdtemp(prefix="sb-ab-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        up_port = free_port()
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(args.peers / "fake_upstream.py"), "--port", str(up_port)],
+                env={**os.environ, "FAKE_DELAY_MS": "0"},
+            )
+        )
+        wait_http(f"http://127.0.0.1:{up_port}/health")
+        config = work / "switchboard.yaml"
+        config.write_text(
+            args.config.read_text().replace("UPSTREAM_URL", f"http://127.0.0.1:{up_port}")
+        )
+        sides: dict[str, tuple[int, str, str]] = {}
+        for name, root, policy in (
+            ("A", args.root_a, args.policy_a),
+            ("B", args.root_b, args.policy_b),
+        ):
+            port = free_port()
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(root.resolve() / "src"),
+                "SWITCHBOARD_DATA_DIR": str(work / f"data-{name}"),
+                "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
+                "SWITCHBOARD_LOG_LEVEL": "warning",
+            }
+            command = [sys.executable, "-m", "switchboard", "serve", "--config", str(config)]
+            proc = subprocess.Popen([*command, "--port", str(port)], env=env)
+            procs.append(proc)
+            url = f"http://127.0.0.1:{port}"
+            wait_http(url + "/readyz")
+            slug = f"ab-{name.lower()}-{int(time.time())}"
+            admin_post(url, "/admin/v1/tenants", {"slug": slug, "usage_mode": "hybrid"})
+            key = str(admin_post(url, f"/admin/v1/tenants/{slug}/keys", {})["key"])
+            if policy is not None:
+                body = json.loads(policy.read_text())
+                admin_post(url, f"/admin/v1/tenants/{slug}/config", body, method="PUT")
+            sides[name] = (proc.pid, url, key)
+        results: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+        for round_ in range(args.rounds + 1):  # round 0 warms both up and is not counted
+            for name, (pid, url, key) in sides.items():
+                before = gateway_cpu_ns(pid)
+                rps = wrk_round(wrk_script, url, key, args)
+                cpu_ms = (gateway_cpu_ns(pid) - before) / 1e6 / args.requests
+                if round_:
+                    results[name].append((rps, cpu_ms))
+        for name, root, policy in (
+            ("A", args.root_a, args.policy_a),
+            ("B", args.root_b, args.policy_b),
+        ):
+            rows = results[name]
+            rps = statistics.median(r for r, _ in rows)
+            cpu = statistics.median(c for _, c in rows)
+            print(
+                f"{name}: {root} policy={policy.name if policy else 'none'} c={args.concurrency}: "
+                f"median {rps:,.0f} req/s, {cpu:.3f} ms CPU/request; rounds: "
+                + ", ".join(f"{c:.3f}" for _, c in rows)
+            )
+        a = statistics.median(c for _, c in results["A"])
+        b = statistics.median(c for _, c in results["B"])
+        print(f"B/A CPU per request: {b / a:.2f}")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()
