@@ -13,6 +13,7 @@ Only 127.0.0.1 is a target; every round is bounded by its request count and wrk'
     python bench/ab.py --policy-b bench/tenant-governed.json            # policy overhead
     python bench/ab.py --root-a /path/to/old/checkout                   # before/after
     python bench/ab.py --concurrency 1 --requests 4000 --rounds 6
+    python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts   # cache misses
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def gateway_cpu_ns(pid: int) -> int:
     return total
 
 
-def wrk_round(wrk_script: Path, url: str, key: str, args: argparse.Namespace) -> float:
+def wrk_round(wrk_script: Path, url: str, key: str, args: argparse.Namespace) -> tuple[float, int]:
+    """One round: (requests/s, requests answered)."""
+    if args.unique_prompts:
+        return _wrk_for_seconds(url, key, args)
     env = {
         **os.environ,
         "WRK_KEY": key,
@@ -60,8 +64,29 @@ def wrk_round(wrk_script: Path, url: str, key: str, args: argparse.Namespace) ->
     ).stdout
     for line in out.splitlines():
         if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
+            return float(line.split()[1]), args.requests
     raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
+
+
+def _wrk_for_seconds(url: str, key: str, args: argparse.Namespace) -> tuple[float, int]:
+    """A fixed-time round with a new prompt on every request (bench/wrk_unique.lua)."""
+    script = ROOT / "bench" / "wrk_unique.lua"
+    command = ["wrk", "-t1", f"-c{args.concurrency}", f"-d{args.seconds}s", "--timeout", "10s"]
+    out = subprocess.run(
+        [*command, "-s", str(script), url],
+        env={**os.environ, "WRK_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=args.seconds + 60,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"some requests failed:\n{out}")
+    done = next(int(line.split()[0]) for line in out.splitlines() if " requests in " in line)
+    rps = next(
+        float(line.split()[1]) for line in out.splitlines() if line.startswith("Requests/sec:")
+    )
+    return rps, done
 
 
 def main() -> None:
@@ -75,6 +100,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--unique-prompts",
+        action="store_true",
+        help="a new prompt on every request (response-cache misses); rounds of --seconds",
+    )
+    parser.add_argument("--seconds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
@@ -125,8 +156,8 @@ def main() -> None:
         for round_ in range(args.rounds + 1):  # round 0 warms both up and is not counted
             for name, (pid, url, key) in sides.items():
                 before = gateway_cpu_ns(pid)
-                rps = wrk_round(wrk_script, url, key, args)
-                cpu_ms = (gateway_cpu_ns(pid) - before) / 1e6 / args.requests
+                rps, answered = wrk_round(wrk_script, url, key, args)
+                cpu_ms = (gateway_cpu_ns(pid) - before) / 1e6 / answered
                 if round_:
                     results[name].append((rps, cpu_ms))
         for name, root, policy in (
