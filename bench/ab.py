@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import ADMIN_KEY, ROOT, admin_post, free_port, wait_http
+from run import ADMIN_KEY, ROOT, admin_post, free_port, stop_all, wait_http
 
 
 def gateway_cpu_ns(pid: int) -> int:
@@ -127,11 +127,9 @@ def main() -> None:
         config.write_text(
             args.config.read_text().replace("UPSTREAM_URL", f"http://127.0.0.1:{up_port}")
         )
+        specs = (("A", args.root_a, args.policy_a), ("B", args.root_b, args.policy_b))
         sides: dict[str, tuple[int, str, str]] = {}
-        for name, root, policy in (
-            ("A", args.root_a, args.policy_a),
-            ("B", args.root_b, args.policy_b),
-        ):
+        for name, root, policy in specs:
             port = free_port()
             env = {
                 **os.environ,
@@ -160,10 +158,7 @@ def main() -> None:
                 cpu_ms = (gateway_cpu_ns(pid) - before) / 1e6 / answered
                 if round_:
                     results[name].append((rps, cpu_ms))
-        for name, root, policy in (
-            ("A", args.root_a, args.policy_a),
-            ("B", args.root_b, args.policy_b),
-        ):
+        for name, root, policy in specs:
             rows = results[name]
             rps = statistics.median(r for r, _ in rows)
             cpu = statistics.median(c for _, c in rows)
@@ -176,12 +171,7 @@ def main() -> None:
         b = statistics.median(c for _, c in results["B"])
         print(f"B/A CPU per request: {b / a:.2f}")
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

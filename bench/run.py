@@ -163,13 +163,18 @@ def main() -> None:
             print(f"\ngateway peak RSS: {memory.read_text().strip()}")
         print(f"\nresults: {args.out}")
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_all(procs)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the processes a benchmark started, newest first; kill what will not stop."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 if __name__ == "__main__":

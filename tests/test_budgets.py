@@ -213,26 +213,49 @@ async def finish(limits: RequestLimits, event: UsageEvent, cost: float, tokens: 
     await asyncio.sleep(0.05)  # the batched settlement
 
 
+def _subjects(scopes: Scopes, caller: Caller, user: str | None) -> list[Subject]:
+    plan = scopes.plan(caller, user)
+    return list(plan.subjects) if plan is not None else []
+
+
 def test_only_scopes_with_limits_are_checked() -> None:
-    assert Scopes().of(make_caller(), "alice") == []
-    found = Scopes().of(
+    assert Scopes().plan(make_caller(), "alice") is None
+    found = _subjects(
+        Scopes(),
         make_caller({"rate_limit_per_minute": 5, "per_user": {"tokens_per_minute": 9}}, {}),
         "alice",
     )
     assert [s.scope for s in found] == ["tenant:t1", "user:t1:alice"]
     assert found[1].user_id == "alice"
-    keyed = Scopes().of(make_caller({}, {"max_concurrent_requests": 2}), None)
+    keyed = _subjects(Scopes(), make_caller({}, {"max_concurrent_requests": 2}), None)
     assert [(s.scope, s.key_id) for s in keyed] == [("key:k1", "k1")]
     owned = make_caller({"per_user": {"rate_limit_per_minute": 1}})
     owned = Caller(replace(owned.key, user_id="usr_1"), owned.tenant, owned.config)
-    assert [s.scope for s in Scopes().of(owned, "declared")] == ["user:t1:usr_1"]
-    scopes = Scopes()  # an edited config replaces the cached subjects, never stale
-    first = scopes.of(make_caller({"rate_limit_per_minute": 5}), None)
+    assert [s.scope for s in _subjects(Scopes(), owned, "declared")] == ["user:t1:usr_1"]
+    scopes = Scopes()  # an edited config replaces the cached plan, never stale
+    first = _subjects(scopes, make_caller({"rate_limit_per_minute": 5}), None)
     assert [s.limits.rate_limit_per_minute for s in first] == [5]
-    assert scopes.of(make_caller({"rate_limit_per_minute": 5}), None)[0].scope == "tenant:t1"
-    edited = scopes.of(make_caller({"rate_limit_per_minute": 9}), None)
+    assert (
+        _subjects(scopes, make_caller({"rate_limit_per_minute": 5}), None)[0].scope == "tenant:t1"
+    )
+    edited = _subjects(scopes, make_caller({"rate_limit_per_minute": 9}), None)
     assert [s.limits.rate_limit_per_minute for s in edited] == [9]
-    assert scopes.of(make_caller({}), None) == []
+    assert scopes.plan(make_caller({}), None) is None
+
+
+def test_a_plan_lists_each_scope_s_checks_leases_and_budgets_once() -> None:
+    tenant = {"rate_limit_per_minute": 5, "rate_limit_per_hour": 50, "tokens_per_minute": 900}
+    key = {"max_concurrent_requests": 2, "monthly_budget_usd": 10.0}
+    plan = Scopes().plan(make_caller(tenant, key), None)
+    assert plan is not None
+    assert [
+        (scope, rule.limit, rule.window_seconds, cost) for scope, rule, cost in plan.request_checks
+    ] == [("tenant:t1", 5, 60, 1), ("tenant:t1", 50, 3600, 1)]
+    assert [(scope, rule.name, rule.limit) for scope, rule in plan.token_rules] == [
+        ("tenant:t1", "tokens", 900)
+    ]
+    assert plan.leases == (("key:k1", 2),)
+    assert [s.scope for s in plan.budgeted] == ["key:k1"]
 
 
 async def test_key_and_tenant_request_limits_both_apply(stores: Stores) -> None:

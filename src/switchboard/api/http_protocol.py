@@ -1,5 +1,5 @@
-"""The HTTP/1.1 protocol `switchboard serve` runs: uvicorn's httptools protocol, with the writes
-of one event-loop step sent together.
+"""The HTTP/1.1 protocol `switchboard serve` runs: uvicorn's httptools protocol, with each
+response head sent together with the first bytes of its body.
 
 uvicorn writes a response's status line and headers when the app sends
 ``http.response.start``, and its body on ``http.response.body``: two ``send`` system calls for

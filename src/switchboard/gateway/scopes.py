@@ -72,10 +72,6 @@ class Scopes:
         self._max = max_entries
         self._fixed: dict[tuple[str, str], tuple[object, object, Plan | None]] = {}
 
-    def of(self, caller: Caller, user: str | None) -> list[Subject]:
-        plan = self.plan(caller, user)
-        return list(plan.subjects) if plan is not None else []
-
     def plan(self, caller: Caller, user: str | None) -> Plan | None:
         """None when nothing limits the request (the fast path)."""
         fixed = self._fixed_plan(caller)

@@ -154,13 +154,6 @@ def merge_checks(checks: Sequence[Check]) -> list[Check]:
     return [(scope, rule, cost) for (scope, rule), cost in merged.items()]
 
 
-def lateness(backlog: float, rule: Rule, cost: int) -> float:
-    """Seconds until ``cost`` fits in a bucket with this backlog; <= EPS means it fits now.
-    The Lua script in redis.py computes the same expression in the same order."""
-    need = max(min(cost, rule.limit), 1)
-    return backlog + need * rule.interval - rule.window_seconds
-
-
 def rule_state(scope: Scope, rule: Rule, backlog: float, late: float) -> RuleState:
     limit = rule.limit
     free = math.floor((rule.window_seconds - backlog) / rule.interval + EPS)

@@ -42,8 +42,9 @@ class MemoryLimiter:
         self._sweep_at = _MIN_SWEEP
 
     async def admit(self, checks: Sequence[Check], *, distinct: bool = False) -> Decision:
-        # On every request of a tenant with limits: one pass to read, one to write. The
-        # lateness is `lateness()` inlined, in the same order of operations.
+        # On every request of a tenant with limits: one pass to read, one to write. ``late`` is
+        # the module docstring's formula (base.py), in the same order of operations as the Lua
+        # script in redis.py, so both backends round alike.
         now = self._clock()
         tats = self._tats
         read: list[tuple[BucketKey, Scope, Rule, int, float, float]] = []

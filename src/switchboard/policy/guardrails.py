@@ -64,30 +64,14 @@ class GuardedRequest:
     findings: list[str] = field(default_factory=list)
     refusal: str | None = None
     copied: bool = False
-    _texts: list[tuple[JSON, str | None, str]] | None = None
-    _lowered: dict[str, str] = field(default_factory=dict)
 
     def editable(self) -> None:
         if not self.copied:
             self.body["messages"] = copy.deepcopy(self.body.get("messages"))
             self.copied = True
-            self._texts = None
 
-    def texts(self) -> list[tuple[JSON, str | None, str]]:
-        """(container, key, text) for every prompt text a person or tool wrote (found once
-        per request: every guardrail reads the same list)."""
-        if self._texts is None:
-            self._texts = list(self._find_texts())
-        return self._texts
-
-    def lowered(self, text: str) -> str:
-        """``text.lower()``, computed once per text for all the guardrails."""
-        low = self._lowered.get(text)
-        if low is None:
-            low = self._lowered[text] = text.lower()
-        return low
-
-    def _find_texts(self) -> Iterator[tuple[JSON, str | None, str]]:
+    def texts(self) -> Iterator[tuple[JSON, str | None, str]]:
+        """(container, key, text) for every prompt text a person or tool wrote."""
         for message in self.body.get("messages") or []:
             if message.get("role") == "assistant":
                 continue
@@ -187,11 +171,10 @@ class Matcher:
         regexes = [(p, i) for i, (p, is_regex) in enumerate(patterns) if is_regex]
         return cls(plain, _alternation([p for p, _ in regexes]), tuple(i for _, i in regexes))
 
-    def first(self, text: str, lowered: str | None = None) -> int | None:
-        """The index of a pattern found in ``text`` (``lowered``: its lower-cased form, when
-        the caller has it already), or None."""
+    def first(self, text: str) -> int | None:
+        """The index of a pattern found in ``text``, or None."""
         if self.plain:
-            low = text.lower() if lowered is None else lowered
+            low = text.lower()
             for needle, index in self.plain:
                 if needle in low:
                     return index
@@ -211,7 +194,7 @@ class SensitivePatterns:
 
     def inspect(self, request: GuardedRequest) -> None:
         for _container, _key, text in request.texts():
-            found = self.matcher.first(text, request.lowered(text))
+            found = self.matcher.first(text)
             if found is not None:
                 request.findings.append(f"sensitive:{self.originals[found]}")
                 request.refuse(self.reason)
@@ -237,7 +220,7 @@ class RefusalRules:
 
     def inspect(self, request: GuardedRequest) -> None:
         for _container, _key, text in request.texts():
-            found = self.matcher.first(text, request.lowered(text))
+            found = self.matcher.first(text)
             if found is not None:
                 reason = self.reasons[found]
                 request.findings.append(f"refusal:{reason}")
