@@ -53,12 +53,14 @@ class Stores:
     limiter: MemoryLimiter | RedisLimiter
     budgets: BudgetStore
     kind: str
+    fast_path: bool = True  # in process: admissions that fit decided in one call
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "memory-general", "redis"])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
-    if request.param == "memory":
-        yield Stores(MemoryLimiter(), MemoryBudgets(), "memory")
+    if request.param.startswith("memory"):
+        fast = request.param == "memory"
+        yield Stores(MemoryLimiter(), MemoryBudgets(), "memory", fast_path=fast)
         return
     client = await _redis_or_fail()
     prefix = f"sb:rl:test:{secrets.token_hex(6)}:"
@@ -195,7 +197,9 @@ class Ledger:
 
 
 def limits_for(stores: Stores, **kwargs: Any) -> RequestLimits:
-    return RequestLimits(stores.limiter, stores.budgets, settle_every=0.01, **kwargs)
+    return RequestLimits(
+        stores.limiter, stores.budgets, settle_every=0.01, fast_path=stores.fast_path, **kwargs
+    )
 
 
 async def admit(

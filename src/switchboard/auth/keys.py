@@ -55,6 +55,9 @@ class Caller:
     config: TenantConfig = field(default_factory=TenantConfig)
     # The key's own limits, budget and allowed models (shared, never mutated).
     policy: KeyPolicy = field(default_factory=lambda: NO_KEY_POLICY)
+    # What the limits step worked out for this caller, kept with it (`gateway.scopes`); the
+    # one field that is set after construction, once, and never read by anything else.
+    limits_memo: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from switchboard.auth.keys import Caller
 from switchboard.errors import BudgetExceeded
 from switchboard.gateway.scopes import Demand, Subject
 from switchboard.limits import Scope
@@ -27,10 +26,8 @@ from switchboard.limits.budgets import (
     BudgetCheck,
     BudgetDecision,
     BudgetStore,
-    month_of,
     to_nano,
 )
-from switchboard.metering.usage import UsageEvent
 from switchboard.store.spend import month_bounds
 
 log = logging.getLogger("switchboard.limits")
@@ -58,15 +55,6 @@ class BudgetAlert:
     webhook_url: str | None
 
 
-@dataclass(slots=True)  # made per request: plain init is faster than frozen
-class BudgetHold:
-    subject: Subject
-    month: str
-    amount: int  # nano-dollars reserved
-    alert_percent: float
-    webhook_url: str | None
-
-
 SpendReader = Callable[[Subject, str], Awaitable[float]]  # (subject, month) -> USD spent
 Notifier = Callable[[BudgetAlert], Awaitable[None]]
 Spawn = Callable[[Awaitable[None]], None]
@@ -88,32 +76,24 @@ class BudgetKeeper:
         self._default_max_tokens = default_max_tokens
         self._spawn = spawn
 
-    async def reserve(
-        self,
-        caller: Caller,
-        event: UsageEvent,
-        budgeted: Sequence[Subject],
-        wanted: Demand,
-        price: WorstPrice,
-    ) -> list[BudgetHold]:
-        """Reserve the worst case in every budgeted scope, or raise `BudgetExceeded`."""
+    def worst_case(self, wanted: Demand, price: WorstPrice) -> int:
+        """The most the request can cost, in nano-dollars: its prompt estimate at the dearest
+        input price and its ``max_tokens`` (or the default) at the dearest output price."""
         cap = wanted.completion_cap
         if cap is None:
             cap = self._default_max_tokens
-        worst = (wanted.prompt * price.input_per_1m + cap * price.output_per_1m) / 1_000_000
-        amount = to_nano(worst)
-        month = month_of(event.created_at)
+        return to_nano((wanted.prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6)
+
+    async def reserve(
+        self, budgeted: Sequence[Subject], amount: int, month: str, webhook: str | None
+    ) -> None:
+        """Reserve ``amount`` in every budgeted scope, or raise `BudgetExceeded`."""
         checks = [BudgetCheck(s.scope, month, s.limits.budget_nano, amount) for s in budgeted]
         decision = await self.store.reserve(checks)
         if decision.missing:
             decision = await self._reserve_seeded(budgeted, checks, decision)
-        config = caller.config
-        webhook = str(config.budget_webhook_url) if config.budget_webhook_url else None
         if not decision.allowed:
-            await self._refused(budgeted, checks, decision, worst, webhook)
-        return [
-            BudgetHold(s, month, amount, config.budget_alert_percent, webhook) for s in budgeted
-        ]
+            await self._refused(budgeted, checks, decision, amount / NANO, webhook)
 
     async def _reserve_seeded(
         self, budgeted: Sequence[Subject], checks: list[BudgetCheck], decision: BudgetDecision
@@ -167,25 +147,21 @@ class BudgetKeeper:
             retry_after=max(1.0, (end - datetime.now(UTC)).total_seconds()),
         )
 
-    async def settle(self, scope: Scope, month: str, delta: int, hold: BudgetHold) -> None:
+    async def settle(
+        self, subject: Subject, month: str, delta: int, alert_percent: float, webhook: str | None
+    ) -> None:
         """Add ``delta`` (real minus reserved) and alert when the threshold is first passed."""
+        scope = subject.scope
         total = await self.store.settle(scope, month, delta) if delta else None
-        limit = hold.subject.limits.monthly_budget_usd
+        limit = subject.limits.monthly_budget_usd
         if total is None or not limit:
             return
         spent = total / NANO
-        if spent * 100 < limit * hold.alert_percent:
+        if spent * 100 < limit * alert_percent:
             return
-        if await self.store.mark(scope, month, f"threshold-{hold.alert_percent:g}"):
+        if await self.store.mark(scope, month, f"threshold-{alert_percent:g}"):
             alert = BudgetAlert(
-                "threshold",
-                hold.subject.tenant_id,
-                scope,
-                month,
-                spent,
-                limit,
-                hold.alert_percent,
-                hold.webhook_url,
+                "threshold", subject.tenant_id, scope, month, spent, limit, alert_percent, webhook
             )
             await self._alert(alert)
 

@@ -14,43 +14,45 @@ Scopes: the tenant (its config's flat fields), the key (its `KeyPolicy`) and the
 user is the person the key belongs to, or the ``user`` the request names.
 
 Budgets (reservation, settlement, alerts) are `gateway.budgeting`; the scopes and a request's
-token demand are `gateway.scopes`.
+token demand are `gateway.scopes`. With both stores in process, an admission that fits is
+decided in one synchronous call (`limits.local`); refusals, and every admission on Redis, take
+the general path below.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from switchboard.auth.keys import Caller
 from switchboard.errors import RateLimited
 from switchboard.gateway.budgeting import (
-    BudgetHold,
     BudgetKeeper,
     Notifier,
     SpendReader,
     WorstPrice,
 )
-from switchboard.gateway.scopes import Demand, Scopes
-from switchboard.limits import Check, Limiter, Rule, Scope, headers, rate_limited
-from switchboard.limits.budgets import BudgetStore, to_nano
+from switchboard.gateway.scopes import Demand, Plan, Scopes, Subject
+from switchboard.limits import Check, Limiter, MemoryLimiter, Rule, Scope, headers, rate_limited
+from switchboard.limits.budgets import BudgetStore, MemoryBudgets, month_of, to_nano
+from switchboard.limits.local import Compiled, LocalGate
 from switchboard.metering.usage import UsageEvent
 
 log = logging.getLogger("switchboard.limits")
 
-_SEED_ROUNDS = 3
-
 
 @dataclass(slots=True)
 class Held:
-    """What an admitted request holds until its usage event is recorded."""
+    """What an admitted request holds until its usage event is recorded: one lease in each of
+    the plan's lease scopes, ``tokens`` in each of its token rules and ``amount`` nano-dollars
+    of ``month`` in each budgeted scope."""
 
-    checks: Sequence[Check] = ()
-    tokens: Sequence[tuple[Scope, Rule, int]] = ()
-    leases: list[Scope] = field(default_factory=list)
-    budgets: list[BudgetHold] = field(default_factory=list)
+    plan: Plan
+    tokens: int
+    amount: int
+    month: str
 
 
 class RequestLimits:
@@ -64,6 +66,7 @@ class RequestLimits:
         lease_seconds: float = 900.0,
         default_max_tokens: int = 4096,
         settle_every: float = 0.05,
+        fast_path: bool = True,
     ) -> None:
         self.limiter = limiter
         self.budgets = (
@@ -77,11 +80,19 @@ class RequestLimits:
                 spawn=self._spawn,
             )
         )
+        # Both stores in process: admissions that fit are decided in one call (limits.local).
+        self._gate = (
+            LocalGate(limiter, budgets, lease_seconds)
+            if fast_path
+            and isinstance(limiter, MemoryLimiter)
+            and (budgets is None or isinstance(budgets, MemoryBudgets))
+            else None
+        )
         self._scopes = Scopes()
         self._lease_seconds = lease_seconds
         self._settle_every = settle_every
-        self._owed_tokens: dict[tuple[Scope, Rule], int] = {}
-        self._owed_budgets: dict[tuple[Scope, str], tuple[int, BudgetHold]] = {}
+        self._owed_tokens: dict[Plan, int] = {}  # real minus reserved tokens, per plan
+        self._owed_budgets: dict[tuple[Plan, str], int] = {}  # and nano-dollars, per month
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
 
@@ -97,34 +108,64 @@ class RequestLimits:
         plan = self._scopes.plan(caller, event.user_id)
         if plan is None:
             return
-        held = Held(plan.request_checks)
-        wanted: Demand | None = None
-        if plan.token_rules:
+        tokens = amount = 0
+        month = ""
+        budgets = self.budgets
+        budgeted = plan.budgeted and budgets is not None
+        if plan.token_rules or budgeted:
             wanted = demand()
-            held.tokens = [(scope, rule, wanted.tokens) for scope, rule in plan.token_rules]
-            held.checks = [*plan.request_checks, *held.tokens]
-        if held.checks:
-            decision = await self.limiter.admit(held.checks, distinct=True)
+            tokens = wanted.tokens if plan.token_rules else 0
+            if budgeted:
+                assert budgets is not None
+                amount = budgets.worst_case(wanted, worst_price())
+                month = month_of(event.created_at)
+        gate = self._gate
+        if gate is not None:
+            compiled = plan.compiled
+            if not isinstance(compiled, Compiled) or not gate.fresh(compiled):
+                compiled = plan.compiled = self._compile(plan)
+            taken = gate.try_admit(compiled, tokens, amount, month)
+            if taken is not None:
+                event.response_headers = taken
+                event.admission = Held(plan, tokens, amount, month)
+                return
+        await self._admit(plan, event, tokens, amount, month)
+
+    def _compile(self, plan: Plan) -> Compiled:
+        assert self._gate is not None
+        return self._gate.compile(
+            [*((scope, rule) for scope, rule, _ in plan.request_checks), *plan.token_rules],
+            plan.leases,
+            [(s.scope, s.limits.budget_nano) for s in plan.budgeted],
+        )
+
+    async def _admit(
+        self, plan: Plan, event: UsageEvent, tokens: int, amount: int, month: str
+    ) -> None:
+        """The general path: any backend, and every refusal with its reasons."""
+        checks = _checks(plan, tokens)
+        if checks:
+            decision = await self.limiter.admit(checks, distinct=True)
             event.response_headers = headers(decision)
             if not decision.allowed:
                 error = rate_limited(decision)
                 error.headers = event.response_headers
                 raise error
+        leased: list[Scope] = []
         try:
-            if plan.leases:
-                await self._lease(plan.leases, held)
+            await self._lease(plan, leased)
             if plan.budgeted and self.budgets is not None:
-                wanted = wanted or demand()
-                held.budgets = await self.budgets.reserve(
-                    caller, event, plan.budgeted, wanted, worst_price()
-                )
+                await self.budgets.reserve(plan.budgeted, amount, month, plan.webhook_url)
         except RateLimited:
-            await self._give_back(held)
+            for scope in leased:
+                await self.limiter.release(scope)
+            for scope, rule, cost in checks:
+                await self.limiter.settle(scope, rule, -cost)
             raise
-        event.admission = held
+        event.admission = Held(plan, tokens, amount, month)
 
-    async def _lease(self, leases: Sequence[tuple[Scope, int]], held: Held) -> None:
-        for scope, most in leases:
+    async def _lease(self, plan: Plan, leased: list[Scope]) -> None:
+        for scope, most in plan.leases:
             if not await self.limiter.acquire(scope, most, self._lease_seconds):
                 raise RateLimited(
                     f"Concurrency limit reached for {scope}: at most {most} requests "
@@ -132,35 +173,31 @@ class RequestLimits:
                     retry_after=1,
                     code="concurrency_limit_exceeded",
                 )
-            held.leases.append(scope)
-
-    async def _give_back(self, held: Held) -> None:
-        for scope in held.leases:
-            await self.limiter.release(scope)
-        for scope, rule, cost in held.checks:
-            await self.limiter.settle(scope, rule, -cost)
+            leased.append(scope)
 
     def settle(self, event: UsageEvent) -> None:
         """Release the request's leases and correct its reservations to what it really used
-        and cost. Corrections are summed per bucket and applied every ``settle_every`` seconds,
-        off the hot path."""
+        and cost. Corrections are summed per plan (and month) and applied every
+        ``settle_every`` seconds, off the hot path."""
         held = event.admission
         if held is None:
             return
         event.admission = None
-        if held.leases:
-            self.limiter.release_soon(held.leases)
+        plan = held.plan
+        if plan.lease_scopes:
+            self.limiter.release_soon(plan.lease_scopes)
         skipped = event.cached or event.refusal_reason is not None
-        used = 0 if skipped else event.tokens_input + event.tokens_output
-        for scope, rule, reserved in held.tokens:
-            if used != reserved:
-                key = (scope, rule)
-                self._owed_tokens[key] = self._owed_tokens.get(key, 0) + used - reserved
-        cost = 0 if skipped else to_nano(event.cost_usd)
-        for hold in held.budgets:
-            key2 = (hold.subject.scope, hold.month)
-            owed, _ = self._owed_budgets.get(key2, (0, hold))
-            self._owed_budgets[key2] = (owed + cost - hold.amount, hold)
+        if plan.token_rules:
+            used = 0 if skipped else event.tokens_input + event.tokens_output
+            if used != held.tokens:
+                owed = self._owed_tokens
+                owed[plan] = owed.get(plan, 0) + used - held.tokens
+        if held.month:
+            cost = 0 if skipped else to_nano(event.cost_usd)
+            if cost != held.amount:
+                key = (plan, held.month)
+                owed_budgets = self._owed_budgets
+                owed_budgets[key] = owed_budgets.get(key, 0) + cost - held.amount
         if (self._owed_tokens or self._owed_budgets) and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(self._settle_every, self._start_flush)
@@ -176,21 +213,31 @@ class RequestLimits:
         budgets, self._owed_budgets = self._owed_budgets, {}
         self._spawn(self._flush(tokens, budgets))
 
-    async def _flush(
-        self,
-        tokens: dict[tuple[Scope, Rule], int],
-        budgets: dict[tuple[Scope, str], tuple[int, BudgetHold]],
-    ) -> None:
-        for (scope, rule), delta in tokens.items():
+    async def _flush(self, tokens: dict[Plan, int], budgets: dict[tuple[Plan, str], int]) -> None:
+        """Apply what the plans owe, summed per bucket and per budget counter (plans of
+        several keys or users share their tenant's)."""
+        per_rule: dict[tuple[Scope, Rule], int] = {}
+        for plan, delta in tokens.items():
+            for key in plan.token_rules:
+                per_rule[key] = per_rule.get(key, 0) + delta
+        for (scope, rule), delta in per_rule.items():
             if delta:
                 try:
                     await self.limiter.settle(scope, rule, delta)
                 except Exception as exc:  # a settlement is best effort; the next one goes on
                     log.warning("settling %s tokens for %s failed: %s", delta, scope, exc)
-        for (scope, month), (delta, hold) in budgets.items():
+        per_counter: dict[tuple[Scope, str], tuple[int, Plan, Subject]] = {}
+        for (plan, month), delta in budgets.items():
+            for subject in plan.budgeted:
+                counter = (subject.scope, month)
+                found = per_counter.get(counter)
+                per_counter[counter] = (delta + (found[0] if found else 0), plan, subject)
+        for (scope, month), (delta, plan, subject) in per_counter.items():
             try:
                 assert self.budgets is not None
-                await self.budgets.settle(scope, month, delta, hold)
+                await self.budgets.settle(
+                    subject, month, delta, plan.alert_percent, plan.webhook_url
+                )
             except Exception as exc:
                 log.warning("settling the budget of %s failed: %s", scope, exc)
 
@@ -200,3 +247,11 @@ class RequestLimits:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
         await self.limiter.aclose()
+
+
+def _checks(plan: Plan, tokens: int) -> list[Check] | tuple[Check, ...]:
+    """The plan's rate checks: 1 against every requests rule, ``tokens`` against every
+    token rule."""
+    if not plan.token_rules:
+        return plan.request_checks
+    return [*plan.request_checks, *((scope, rule, tokens) for scope, rule in plan.token_rules)]

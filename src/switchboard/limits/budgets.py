@@ -80,40 +80,41 @@ class MemoryBudgets:
     """Counters in a dict, for a single worker: every call runs without awaiting (atomic)."""
 
     def __init__(self) -> None:
-        self._spent: dict[tuple[str, str], int] = {}
+        # Public for `limits.local`, which reserves on the same counters in one call.
+        self.counters: dict[tuple[str, str], int] = {}  # (scope, month) -> nano-dollars
         self._marks: set[tuple[str, str, str]] = set()
 
     async def reserve(self, checks: Sequence[BudgetCheck]) -> BudgetDecision:
         if len(checks) == 1:  # the common case, without the lists
             check = checks[0]
             key = (check.scope, check.month)
-            spent = self._spent.get(key)
+            spent = self.counters.get(key)
             if spent is None:
                 return BudgetDecision(allowed=False, missing=[0])
             if spent + check.amount > check.limit:
                 return BudgetDecision(allowed=False, spent=[spent])
-            self._spent[key] = spent = spent + check.amount
+            self.counters[key] = spent = spent + check.amount
             return BudgetDecision(allowed=True, spent=[spent])
         keys = [(c.scope, c.month) for c in checks]
-        missing = [i for i, k in enumerate(keys) if k not in self._spent]
+        missing = [i for i, k in enumerate(keys) if k not in self.counters]
         if missing:
             return BudgetDecision(allowed=False, missing=missing)
-        current = [self._spent[k] for k in keys]
+        current = [self.counters[k] for k in keys]
         if any(s + c.amount > c.limit for s, c in zip(current, checks, strict=True)):
             return BudgetDecision(allowed=False, spent=current)
         for key, check in zip(keys, checks, strict=True):
-            self._spent[key] += check.amount
-        return BudgetDecision(allowed=True, spent=[self._spent[k] for k in keys])
+            self.counters[key] += check.amount
+        return BudgetDecision(allowed=True, spent=[self.counters[k] for k in keys])
 
     async def seed(self, scope: str, month: str, spent: int) -> None:
-        self._spent.setdefault((scope, month), spent)
+        self.counters.setdefault((scope, month), spent)
 
     async def settle(self, scope: str, month: str, delta: int) -> int | None:
         key = (scope, month)
-        if key not in self._spent:
+        if key not in self.counters:
             return None  # never reserved here (a restart): the ledger is the truth at seeding
-        self._spent[key] += delta
-        return self._spent[key]
+        self.counters[key] += delta
+        return self.counters[key]
 
     async def mark(self, scope: str, month: str, what: str) -> bool:
         key = (scope, month, what)
@@ -123,7 +124,7 @@ class MemoryBudgets:
         return True
 
     async def spent(self, scope: str, month: str) -> int | None:
-        return self._spent.get((scope, month))
+        return self.counters.get((scope, month))
 
 
 # KEYS: one counter per check. ARGV[1] = TTL seconds, then (limit, amount) per check.
