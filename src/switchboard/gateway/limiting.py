@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from datetime import UTC
 
 from switchboard.auth.keys import Caller
 from switchboard.errors import RateLimited
@@ -36,23 +36,17 @@ from switchboard.gateway.budgeting import (
 )
 from switchboard.gateway.scopes import Demand, Plan, Scopes, Subject
 from switchboard.limits import Check, Limiter, MemoryLimiter, Rule, Scope, headers, rate_limited
-from switchboard.limits.budgets import BudgetStore, MemoryBudgets, month_of, to_nano
+from switchboard.limits.budgets import NANO, BudgetStore, MemoryBudgets, month_of
 from switchboard.limits.local import Compiled, LocalGate
 from switchboard.metering.usage import UsageEvent
 
 log = logging.getLogger("switchboard.limits")
 
 
-@dataclass(slots=True)
-class Held:
-    """What an admitted request holds until its usage event is recorded: one lease in each of
-    the plan's lease scopes, ``tokens`` in each of its token rules and ``amount`` nano-dollars
-    of ``month`` in each budgeted scope."""
-
-    plan: Plan
-    tokens: int
-    amount: int
-    month: str
+# What an admitted request holds until its usage event is recorded: one lease in each of its
+# plan's lease scopes, ``tokens`` in each of its token rules and ``amount`` nano-dollars of
+# ``month`` (empty without budgets) in each budgeted scope. A tuple: one is made per request.
+Held = tuple[Plan, int, int, str]
 
 
 class RequestLimits:
@@ -81,13 +75,15 @@ class RequestLimits:
             )
         )
         # Both stores in process: admissions that fit are decided in one call (limits.local).
-        self._gate = (
-            LocalGate(limiter, budgets, lease_seconds)
-            if fast_path
+        self._memory: MemoryLimiter | None = None
+        self._gate: LocalGate | None = None
+        if (
+            fast_path
             and isinstance(limiter, MemoryLimiter)
             and (budgets is None or isinstance(budgets, MemoryBudgets))
-            else None
-        )
+        ):
+            self._memory = limiter
+            self._gate = LocalGate(limiter, budgets, lease_seconds)
         self._scopes = Scopes()
         self._lease_seconds = lease_seconds
         self._settle_every = settle_every
@@ -95,6 +91,33 @@ class RequestLimits:
         self._owed_budgets: dict[tuple[Plan, str], int] = {}  # and nano-dollars, per month
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
+
+    def admit_at_once(
+        self,
+        caller: Caller,
+        event: UsageEvent,
+        demand: Callable[[], Demand],
+        worst_price: Callable[[], WorstPrice],
+    ) -> bool:
+        """Admit the request here and now when that takes no waiting: nothing limits it, or
+        the in-process stores take it whole (`limits.local`). False: ``await admit(...)``, which
+        decides in general and raises on a refusal."""
+        plan = self._scopes.plan(caller, event.user_id)
+        if plan is None:
+            return True
+        memory = self._memory
+        if memory is None:
+            return False
+        tokens, amount, month = self._reservation(plan, event, demand, worst_price)
+        compiled = plan.compiled
+        if not isinstance(compiled, Compiled) or compiled.generation != memory.generation:
+            compiled = plan.compiled = self._compile(plan)
+        taken = self._gate.try_admit(compiled, tokens, amount, month)  # type: ignore[union-attr]
+        if taken is None:
+            return False
+        event.response_headers = taken
+        event.admission = (plan, tokens, amount, month)
+        return True
 
     async def admit(
         self,
@@ -105,31 +128,37 @@ class RequestLimits:
     ) -> None:
         """``demand`` and ``worst_price`` are only called when a token rule or a budget needs
         them. Raises `RateLimited` or `BudgetExceeded`, having given back what it took."""
-        plan = self._scopes.plan(caller, event.user_id)
-        if plan is None:
+        if self.admit_at_once(caller, event, demand, worst_price):
             return
+        plan = self._scopes.plan(caller, event.user_id)
+        assert plan is not None
+        await self._admit(plan, event, *self._reservation(plan, event, demand, worst_price))
+
+    def _reservation(
+        self,
+        plan: Plan,
+        event: UsageEvent,
+        demand: Callable[[], Demand],
+        worst_price: Callable[[], WorstPrice],
+    ) -> tuple[int, int, str]:
+        """(tokens against each token rule, nano-dollars against each budget, and its month)."""
         tokens = amount = 0
         month = ""
-        budgets = self.budgets
-        budgeted = plan.budgeted and budgets is not None
+        budgeted = plan.budgeted and self.budgets is not None
         if plan.token_rules or budgeted:
             wanted = demand()
-            tokens = wanted.tokens if plan.token_rules else 0
+            if plan.token_rules:
+                tokens = wanted.prompt + (wanted.completion_cap or 0)
             if budgeted:
-                assert budgets is not None
-                amount = budgets.worst_case(wanted, worst_price())
-                month = month_of(event.created_at)
-        gate = self._gate
-        if gate is not None:
-            compiled = plan.compiled
-            if not isinstance(compiled, Compiled) or not gate.fresh(compiled):
-                compiled = plan.compiled = self._compile(plan)
-            taken = gate.try_admit(compiled, tokens, amount, month)
-            if taken is not None:
-                event.response_headers = taken
-                event.admission = Held(plan, tokens, amount, month)
-                return
-        await self._admit(plan, event, tokens, amount, month)
+                assert self.budgets is not None
+                amount = self.budgets.worst_case(wanted, worst_price())
+                created = event.created_at
+                month = (
+                    f"{created.year:04d}-{created.month:02d}"
+                    if created.tzinfo is UTC
+                    else month_of(created)
+                )
+        return tokens, amount, month
 
     def _compile(self, plan: Plan) -> Compiled:
         assert self._gate is not None
@@ -162,7 +191,7 @@ class RequestLimits:
             for scope, rule, cost in checks:
                 await self.limiter.settle(scope, rule, -cost)
             raise
-        event.admission = Held(plan, tokens, amount, month)
+        event.admission = (plan, tokens, amount, month)
 
     async def _lease(self, plan: Plan, leased: list[Scope]) -> None:
         for scope, most in plan.leases:
@@ -183,21 +212,21 @@ class RequestLimits:
         if held is None:
             return
         event.admission = None
-        plan = held.plan
+        plan, tokens, amount, month = held
         if plan.lease_scopes:
             self.limiter.release_soon(plan.lease_scopes)
         skipped = event.cached or event.refusal_reason is not None
         if plan.token_rules:
             used = 0 if skipped else event.tokens_input + event.tokens_output
-            if used != held.tokens:
+            if used != tokens:
                 owed = self._owed_tokens
-                owed[plan] = owed.get(plan, 0) + used - held.tokens
-        if held.month:
-            cost = 0 if skipped else to_nano(event.cost_usd)
-            if cost != held.amount:
-                key = (plan, held.month)
+                owed[plan] = owed.get(plan, 0) + used - tokens
+        if month:
+            cost = 0 if skipped else round(event.cost_usd * NANO)
+            if cost != amount:
+                key = (plan, month)
                 owed_budgets = self._owed_budgets
-                owed_budgets[key] = owed_budgets.get(key, 0) + cost - held.amount
+                owed_budgets[key] = owed_budgets.get(key, 0) + cost - amount
         if (self._owed_tokens or self._owed_budgets) and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(self._settle_every, self._start_flush)

@@ -208,14 +208,14 @@ class Gateway:
     ) -> JSON:
         event.model = body["model"]
         check_model(caller, body["model"])  # a request it may not make costs no limits
-        await self.limits.admit(
-            caller, event, lambda: _chat_demand(body), self._worst_price(caller, body["model"])
-        )
-        screened = screen(caller, body)
-        if screened.refusal is not None:
-            event.refusal_reason = screened.refusal
-            return refusal_completion(body["model"], screened.refusal)
-        body = screened.body
+        demand, worst = (lambda: _chat_demand(body)), self._worst_price(caller, body["model"])
+        if not self.limits.admit_at_once(caller, event, demand, worst):
+            await self.limits.admit(caller, event, demand, worst)
+        screened, refusal = screen(caller, body)
+        if refusal is not None:
+            event.refusal_reason = refusal
+            return refusal_completion(body["model"], refusal)
+        body = screened
         slot = self._cache_slot(caller, "chat", body, cache_control)
         hit = await self._cached(slot, event, body["model"])
         if hit is not None:
@@ -250,15 +250,15 @@ class Gateway:
     ) -> ClientStream:
         event.model = body["model"]
         check_model(caller, body["model"])  # a request it may not make costs no limits
-        await self.limits.admit(
-            caller, event, lambda: _chat_demand(body), self._worst_price(caller, body["model"])
-        )
-        screened = screen(caller, body)
-        if screened.refusal is not None:
-            event.refusal_reason = screened.refusal
-            answer = refusal_completion(body["model"], screened.refusal)
+        demand, worst = (lambda: _chat_demand(body)), self._worst_price(caller, body["model"])
+        if not self.limits.admit_at_once(caller, event, demand, worst):
+            await self.limits.admit(caller, event, demand, worst)
+        screened, refusal = screen(caller, body)
+        if refusal is not None:
+            event.refusal_reason = refusal
+            answer = refusal_completion(body["model"], refusal)
             return self._canned(event, answer, include_usage)
-        body = screened.body
+        body = screened
         slot = self._cache_slot(caller, "chat", body, cache_control)
         hit = await self._cached(slot, event, body["model"])
         if hit is not None:
@@ -308,12 +308,10 @@ class Gateway:
     ) -> JSON:
         event.model = body["model"]
         check_model(caller, body["model"])
-        await self.limits.admit(
-            caller,
-            event,
-            lambda: Demand(estimate_input_tokens(body["input"]), 0),
-            self._worst_price(caller, body["model"]),
-        )
+        demand = lambda: Demand(estimate_input_tokens(body["input"]), 0)  # noqa: E731
+        worst = self._worst_price(caller, body["model"])
+        if not self.limits.admit_at_once(caller, event, demand, worst):
+            await self.limits.admit(caller, event, demand, worst)
         slot = self._cache_slot(caller, "embeddings", body, cache_control)
         hit = await self._cached(slot, event, body["model"])
         if hit is not None:

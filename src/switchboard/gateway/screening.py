@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from switchboard.auth.keys import Caller
 from switchboard.errors import PermissionDenied, SwitchboardError
 from switchboard.gateway.routing import ModelCatalog
 from switchboard.gateway.streams import ClientStream
-from switchboard.policy.guardrails import guard_prompt
+from switchboard.policy.guardrails import inspect_prompt
 from switchboard.policy.response_guard import StreamScreen, screen_completion
 from switchboard.providers.base import JSON
 from switchboard.providers.openai_shapes import completion, new_id
 
 log = logging.getLogger("switchboard.guardrails")
-
-
-@dataclass(frozen=True, slots=True)
-class Screened:
-    body: JSON
-    refusal: str | None = None
 
 
 def check_model(caller: Caller, model: str) -> None:
@@ -52,13 +45,14 @@ def visible_models(catalog: ModelCatalog, caller: Caller) -> list[str]:
     return names
 
 
-def screen(caller: Caller, body: JSON) -> Screened:
-    """The guardrails' verdict (after `check_model`, which runs before the limits step)."""
+def screen(caller: Caller, body: JSON) -> tuple[JSON, str | None]:
+    """The guardrails' verdict (after `check_model`, which runs before the limits step): the
+    body to send on (a copy, if they changed it) and the refusal reason, if they refused."""
     config = caller.config
     if not config.has_guardrails:
-        return Screened(body)
-    verdict = guard_prompt(config.guardrail_policy, body)
-    return Screened(verdict.body, verdict.refusal)
+        return body, None
+    request = inspect_prompt(config.guardrail_policy, body)
+    return request.body, request.refusal
 
 
 def refusal_completion(model: str, reason: str) -> JSON:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -54,38 +54,68 @@ class GuardrailPolicy:
     allow_unclassified: bool = False
 
 
-@dataclass(slots=True)
+PromptText = tuple[JSON, str, str]  # (the dict holding the text, its key, the text)
+
+
 class GuardedRequest:
     """What guardrails see and may change. `body` starts as a shallow copy of the request;
     a guardrail that edits message text calls `editable` first, which copies the messages
-    once (most requests are never edited, so most requests never pay for the copy)."""
+    once (most requests are never edited, so most requests never pay for the copy), and
+    `edited` after, so the next guardrail sees the new texts."""
 
-    body: JSON
-    findings: list[str] = field(default_factory=list)
-    refusal: str | None = None
-    copied: bool = False
+    __slots__ = ("_lowered", "_texts", "body", "copied", "findings", "refusal")
+
+    def __init__(self, body: JSON) -> None:
+        self.body = body
+        self.findings: list[str] = []
+        self.refusal: str | None = None
+        self.copied = False
+        self._texts: list[PromptText] | None = None
+        self._lowered: list[str] | None = None
 
     def editable(self) -> None:
         if not self.copied:
             self.body["messages"] = copy.deepcopy(self.body.get("messages"))
             self.copied = True
+            self.edited()
 
-    def texts(self) -> Iterator[tuple[JSON, str | None, str]]:
-        """(container, key, text) for every prompt text a person or tool wrote."""
-        for message in self.body.get("messages") or []:
-            if message.get("role") == "assistant":
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                yield message, "content", content
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        yield part, "text", part["text"]
+    def edited(self) -> None:
+        """The message texts changed: `texts` and `lowered` are worked out again."""
+        self._texts = self._lowered = None
+
+    def texts(self) -> list[PromptText]:
+        """(container, key, text) for every prompt text a person or tool wrote; worked out
+        once for all the guardrails."""
+        if self._texts is None:
+            self._texts = _prompt_texts(self.body)
+        return self._texts
+
+    def lowered(self) -> list[str]:
+        """`texts`, lower-cased (for case-insensitive plain patterns), in the same order."""
+        if self._lowered is None:
+            self._lowered = [text.lower() for _, _, text in self.texts()]
+        return self._lowered
 
     def refuse(self, reason: str) -> None:
         if self.refusal is None:
             self.refusal = reason
+
+
+def _prompt_texts(body: JSON) -> list[PromptText]:
+    found: list[PromptText] = []
+    for message in body.get("messages") or []:
+        if message.get("role") == "assistant":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            found.append((message, "content", content))
+        elif isinstance(content, list):
+            found.extend(
+                (part, "text", part["text"])
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +126,8 @@ class Verdict:
 
 
 class Guardrail(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def inspect(self, request: GuardedRequest) -> None: ...
 
@@ -135,12 +166,18 @@ def _chain(policy: GuardrailPolicy, registry_version: int) -> tuple[Guardrail, .
 def guard_prompt(policy: GuardrailPolicy, body: JSON) -> Verdict:
     """Run every applicable guardrail over ``body`` (never changing the caller's copy); stop
     at the first refusal."""
-    request = GuardedRequest(body={**body})
+    request = inspect_prompt(policy, body)
+    return Verdict(request.body, request.refusal, tuple(request.findings))
+
+
+def inspect_prompt(policy: GuardrailPolicy, body: JSON) -> GuardedRequest:
+    """`guard_prompt` without the `Verdict`: the request as the guardrails left it."""
+    request = GuardedRequest({**body})
     for guardrail in _chain(policy, _version[0]):
         guardrail.inspect(request)
         if request.refusal is not None:
             break
-    return Verdict(request.body, request.refusal, tuple(request.findings))
+    return request
 
 
 # --- built-in guardrails, registered like any extension ----------------------------------
@@ -154,97 +191,99 @@ def _alternation(patterns: list[str]) -> re.Pattern[str] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Matcher:
-    """Finds the first of many patterns in a text, case-insensitively. Plain text is looked up
-    with ``in`` on the lower-cased text (C speed); only real regular expressions go through the
-    regex engine, whose case-insensitive alternations are slow. Plain patterns are checked
-    first, then regular expressions, each in the order given."""
+class PatternRule:
+    """Refuses a request whose prompt text holds one of several patterns, case-insensitively:
+    the sensitive patterns and the refusal rules are two of these. Plain text is looked up
+    with ``in`` on the lower-cased text (C speed); only real regular expressions go through
+    the regex engine, whose case-insensitive alternations are slow. Plain patterns are checked
+    first, then regular expressions, each in the order given; the first found decides."""
 
+    name: str
     plain: tuple[tuple[str, int], ...]  # (lower-cased text, index of the pattern)
-    regex: re.Pattern[str] | None
+    regex: re.Pattern[str] | None  # every regular expression, one group each
     regex_index: tuple[int, ...]  # group number -> index of the pattern
+    findings: tuple[str, ...]  # per pattern: what is noted when it is found
+    reasons: tuple[str, ...]  # per pattern: the refusal reason
 
     @classmethod
-    def build(cls, patterns: list[tuple[str, bool]]) -> Matcher:
-        """``patterns``: (text, is_regex) in priority order."""
-        plain = tuple((p.lower(), i) for i, (p, is_regex) in enumerate(patterns) if not is_regex)
-        regexes = [(p, i) for i, (p, is_regex) in enumerate(patterns) if is_regex]
-        return cls(plain, _alternation([p for p, _ in regexes]), tuple(i for _, i in regexes))
-
-    def first(self, text: str) -> int | None:
-        """The index of a pattern found in ``text``, or None."""
-        if self.plain:
-            low = text.lower()
-            for needle, index in self.plain:
-                if needle in low:
-                    return index
-        if self.regex is not None:
-            match = self.regex.search(text)
-            if match and match.lastgroup:
-                return self.regex_index[int(match.lastgroup[1:])]
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class SensitivePatterns:
-    name = "sensitive_prompt_patterns"
-    matcher: Matcher
-    originals: tuple[str, ...]
-    reason: str
+    def build(cls, name: str, patterns: list[tuple[str, bool, str, str]]) -> PatternRule | None:
+        """``patterns``: (text, is_regex, finding, reason) in priority order."""
+        if not patterns:
+            return None
+        plain = tuple(
+            (text.lower(), i) for i, (text, is_regex, _, _) in enumerate(patterns) if not is_regex
+        )
+        regexes = [(text, i) for i, (text, is_regex, _, _) in enumerate(patterns) if is_regex]
+        return cls(
+            name,
+            plain,
+            _alternation([text for text, _ in regexes]),
+            tuple(i for _, i in regexes),
+            tuple(finding for _, _, finding, _ in patterns),
+            tuple(reason for _, _, _, reason in patterns),
+        )
 
     def inspect(self, request: GuardedRequest) -> None:
-        for _container, _key, text in request.texts():
-            found = self.matcher.first(text)
-            if found is not None:
-                request.findings.append(f"sensitive:{self.originals[found]}")
-                request.refuse(self.reason)
-                return
+        found = self.first(request)
+        if found is not None:
+            request.findings.append(self.findings[found])
+            request.refuse(self.reasons[found])
+
+    def first(self, request: GuardedRequest) -> int | None:
+        """The index of the first pattern found in a prompt text, or None."""
+        lowered = request.lowered() if self.plain else None
+        for i, (_, _, text) in enumerate(request.texts()):
+            if lowered is not None:
+                low = lowered[i]
+                for needle, index in self.plain:
+                    if needle in low:
+                        return index
+            if self.regex is not None:
+                match = self.regex.search(text)
+                if match and match.lastgroup:
+                    return self.regex_index[int(match.lastgroup[1:])]
+        return None
 
 
 @register("sensitive_prompt_patterns")
 def _sensitive(policy: GuardrailPolicy) -> Guardrail | None:
-    if not policy.sensitive_prompt_patterns:
-        return None
-    originals = policy.sensitive_prompt_patterns
-    matcher = Matcher.build(
-        [(p[3:], True) if p.startswith("re:") else (p, False) for p in originals]
+    return PatternRule.build(
+        "sensitive_prompt_patterns",
+        [
+            (p[3:], True, f"sensitive:{p}", policy.sensitive_reason)
+            if p.startswith("re:")
+            else (p, False, f"sensitive:{p}", policy.sensitive_reason)
+            for p in policy.sensitive_prompt_patterns
+        ],
     )
-    return SensitivePatterns(matcher, originals, policy.sensitive_reason)
-
-
-@dataclass(frozen=True, slots=True)
-class RefusalRules:
-    name = "refusal_rules"
-    matcher: Matcher
-    reasons: tuple[str, ...]
-
-    def inspect(self, request: GuardedRequest) -> None:
-        for _container, _key, text in request.texts():
-            found = self.matcher.first(text)
-            if found is not None:
-                reason = self.reasons[found]
-                request.findings.append(f"refusal:{reason}")
-                request.refuse(reason)
-                return
 
 
 @register("refusal_rules")
 def _refusals(policy: GuardrailPolicy) -> Guardrail | None:
-    if not policy.refusal_rules:
-        return None
-    rules = policy.refusal_rules
-    matcher = Matcher.build([(r.pattern, r.type == "regex") for r in rules])
-    return RefusalRules(matcher, tuple(r.reason for r in rules))
+    return PatternRule.build(
+        "refusal_rules",
+        [
+            (r.pattern, r.type == "regex", f"refusal:{r.reason}", r.reason)
+            for r in policy.refusal_rules
+        ],
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class PiiGuard:
     name = "pii"
     actions: Mapping[str, PiiAction]
+    email: bool  # whether emails are looked for: only then does an "@" count
+    fewest_digits: int  # no other kind fits in a text with fewer digits
 
     def inspect(self, request: GuardedRequest) -> None:
         redact = False
         for _container, _key, text in request.texts():
+            # Most prompts hold no PII: a C-speed look for what each kind needs comes first.
+            if not (self.email and "@" in text) and (
+                len(text) - len(text.translate(pii.DELETE_DIGITS)) < self.fewest_digits
+            ):
+                continue
             for span in pii.find(text, self.actions):
                 action = self.actions[span.kind]
                 request.findings.append(f"pii:{span.kind}:{action}")
@@ -256,18 +295,22 @@ class PiiGuard:
             return
         request.editable()
         kinds = [k for k, a in self.actions.items() if a == "redact"]
-        for container, key, text in list(request.texts()):
+        for container, key, text in request.texts():
             spans = pii.find(text, kinds)
-            if spans and key is not None:
+            if spans:
                 container[key] = pii.redact(text, spans)
+        request.edited()
 
 
 @register("pii")
 def _pii(policy: GuardrailPolicy) -> Guardrail | None:
-    unknown = set(policy.pii_actions) - set(pii.DETECTORS)
+    actions = policy.pii_actions
+    unknown = set(actions) - set(pii.DETECTORS)
     if unknown:
         raise ValueError(f"unknown PII kinds: {', '.join(sorted(unknown))}")
-    return PiiGuard(dict(policy.pii_actions)) if policy.pii_actions else None
+    if not actions:
+        return None
+    return PiiGuard(dict(actions), "email" in actions, pii.fewest_digits(actions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +320,9 @@ class BlockedTools:
     refuse: bool
 
     def inspect(self, request: GuardedRequest) -> None:
-        tools = request.body.get("tools") or []
+        tools = request.body.get("tools")
+        if not tools:
+            return
         names = [(t.get("function") or {}).get("name") for t in tools]
         hit = [n for n in names if n in self.blocked]
         if not hit:

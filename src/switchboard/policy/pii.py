@@ -85,16 +85,21 @@ DETECTORS: dict[str, Callable[[str], Iterable[Span]]] = {
 
 # What a text must contain before a detector's regex is worth running (checked in C, so
 # most texts, which hold no PII, cost almost nothing): an "@", or enough digits.
-_DELETE_DIGITS = str.maketrans("", "", "0123456789")
-_MIN_DIGITS = {"credit_card": 13, "phone": 8, "iban": 6}
+DELETE_DIGITS = str.maketrans("", "", "0123456789")
+MIN_DIGITS = {"credit_card": 13, "phone": 8, "iban": 6}
+
+
+def fewest_digits(kinds: Iterable[str]) -> int:
+    """The fewest digits a text needs before any of ``kinds`` but email can be in it."""
+    return min((MIN_DIGITS[k] for k in kinds if k in MIN_DIGITS), default=1 << 30)
 
 
 def find(text: str, kinds: Iterable[str] = DETECTORS) -> list[Span]:
     """Non-overlapping spans of the given kinds, in text order."""
     found: list[Span] = []
-    digits = len(text) - len(text.translate(_DELETE_DIGITS))
+    digits = len(text) - len(text.translate(DELETE_DIGITS))
     for kind in kinds:
-        if digits < _MIN_DIGITS.get(kind, 0) or (kind == "email" and "@" not in text):
+        if digits < MIN_DIGITS.get(kind, 0) or (kind == "email" and "@" not in text):
             continue
         for span in DETECTORS[kind](text):
             if not any(s.start < span.end and span.start < s.end for s in found):

@@ -141,7 +141,7 @@ class TenantConfig(BaseModel):
             )
         return self
 
-    @property
+    @cached_property
     def has_guardrails(self) -> bool:
         return bool(
             self.sensitive_prompt_patterns
