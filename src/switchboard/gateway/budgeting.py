@@ -82,7 +82,8 @@ class BudgetKeeper:
         cap = wanted.completion_cap
         if cap is None:
             cap = self._default_max_tokens
-        return to_nano((wanted.prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6)
+        worst = (wanted.prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6
+        return round(worst * NANO)  # to_nano
 
     async def reserve(
         self, budgeted: Sequence[Subject], amount: int, month: str, webhook: str | None

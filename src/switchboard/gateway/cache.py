@@ -27,7 +27,9 @@ _IGNORED = frozenset({"stream", "stream_options", "user"})
 
 
 def cache_key(tenant_id: str, endpoint: str, body: JSON) -> str:
-    canonical = {k: v for k, v in body.items() if k not in _IGNORED}
+    canonical = (
+        {k: v for k, v in body.items() if k not in _IGNORED} if body.keys() & _IGNORED else body
+    )
     raw = orjson.dumps([tenant_id, endpoint, canonical], option=orjson.OPT_SORT_KEYS)
     return f"{tenant_id}:{hashlib.sha256(raw).hexdigest()}"
 
@@ -58,6 +60,13 @@ class MemoryCache:
         self._clock = clock
 
     async def get(self, key: str) -> JSON | None:
+        return self.lookup(key)
+
+    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None:
+        self.keep(key, value, ttl_seconds)
+
+    def lookup(self, key: str) -> JSON | None:
+        """`get`, without a coroutine (the gateway calls this one when the cache is local)."""
         found = self._entries.get(key)
         if found is None:
             return None
@@ -69,11 +78,15 @@ class MemoryCache:
         value: JSON = orjson.loads(raw)
         return value
 
-    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None:
-        self._entries[key] = (self._clock() + ttl_seconds, orjson.dumps(value))
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+    def keep(self, key: str, value: JSON, ttl_seconds: float) -> None:
+        """`set`, without a coroutine."""
+        entries = self._entries
+        fresh = key not in entries
+        entries[key] = (self._clock() + ttl_seconds, orjson.dumps(value))
+        if not fresh:
+            entries.move_to_end(key)
+        elif len(entries) > self._max:
+            entries.popitem(last=False)
 
     async def aclose(self) -> None:
         self._entries.clear()

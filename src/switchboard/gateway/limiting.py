@@ -214,7 +214,10 @@ class RequestLimits:
         event.admission = None
         plan, tokens, amount, month = held
         if plan.lease_scopes:
-            self.limiter.release_soon(plan.lease_scopes)
+            compiled = plan.compiled
+            gate = self._gate
+            if gate is None or not isinstance(compiled, Compiled) or not gate.release(compiled):
+                self.limiter.release_soon(plan.lease_scopes)
         skipped = event.cached or event.refusal_reason is not None
         if plan.token_rules:
             used = 0 if skipped else event.tokens_input + event.tokens_output

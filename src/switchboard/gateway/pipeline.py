@@ -17,7 +17,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from switchboard.auth.keys import Caller
@@ -78,10 +77,7 @@ def route_headers(event: UsageEvent) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-@dataclass(frozen=True, slots=True)
-class _CacheSlot:
-    key: str
-    ttl: float
+_CacheSlot = tuple[str, float]  # the request's cache key, and how long its answer is kept
 
 
 class Gateway:
@@ -95,6 +91,8 @@ class Gateway:
         self.router = router
         self.recorder = recorder
         self.cache: ResponseCache = cache or MemoryCache()
+        # In process, the cache is used without coroutines.
+        self._local_cache = self.cache if isinstance(self.cache, MemoryCache) else None
         self.limits = limits or RequestLimits(MemoryLimiter())
         self.metrics = Metrics(known_model=self.catalog.__contains__)
         self._worst_prices: dict[tuple[str, str], tuple[float, WorstPrice]] = {}
@@ -108,13 +106,14 @@ class Gateway:
         settings = caller.config.cache
         if not settings.enabled or not allows_cache(cache_control):
             return None
-        return _CacheSlot(cache_key(caller.tenant.id, endpoint, body), settings.ttl_seconds)
+        return cache_key(caller.tenant.id, endpoint, body), settings.ttl_seconds
 
     async def _cached(self, slot: _CacheSlot | None, event: UsageEvent, model: str) -> JSON | None:
         """The stored answer, relabelled with the model asked for; metered as cached."""
         if slot is None:
             return None
-        hit = await self.cache.get(slot.key)
+        local = self._local_cache
+        hit = local.lookup(slot[0]) if local is not None else await self.cache.get(slot[0])
         if hit is not None:
             hit["model"] = model
             event.cached = True  # metered with its tokens, priced at 0
@@ -236,7 +235,7 @@ class Gateway:
         _charge(event, deployment, int(tokens_in), int(tokens_out), usage)
         screen_answer(caller, result, event.request_id)
         if slot is not None:
-            await self.cache.set(slot.key, result, slot.ttl)
+            await self._keep(slot, result)
         return result
 
     async def stream_chat(
@@ -288,9 +287,16 @@ class Gateway:
 
     def _store(self, slot: _CacheSlot) -> Callable[[list[JSON]], Awaitable[None]]:
         async def store(chunks: list[JSON]) -> None:
-            await self.cache.set(slot.key, assemble(chunks), slot.ttl)
+            await self._keep(slot, assemble(chunks))
 
         return store
+
+    async def _keep(self, slot: _CacheSlot, answer: JSON) -> None:
+        local = self._local_cache
+        if local is not None:
+            local.keep(slot[0], answer, slot[1])
+        else:
+            await self.cache.set(slot[0], answer, slot[1])
 
     def _settle_stream(
         self,
@@ -330,7 +336,7 @@ class Gateway:
             tokens = estimate_input_tokens(body["input"])
         _charge(event, deployment, int(tokens), 0, usage)
         if slot is not None:
-            await self.cache.set(slot.key, result, slot.ttl)
+            await self._keep(slot, result)
         return result
 
 

@@ -179,6 +179,21 @@ class LocalGate:
             )
         return out
 
+    def release(self, plan: Compiled) -> bool:
+        """Give back the oldest live lease in each of the plan's lease lists, as
+        `MemoryLimiter.release_soon` does by scope; False, giving back nothing, when a sweep
+        has replaced the lists since the plan was compiled (release by scope then)."""
+        limiter = self._limiter
+        if plan.generation != limiter.generation:
+            return False
+        now = limiter.clock()
+        for held, _ in plan.leases:
+            if held and held[0] <= now:
+                del held[: bisect.bisect_right(held, now)]
+            if held:
+                del held[0]
+        return True
+
     def _duration(self, seconds: float) -> bytes:
         """`format_duration`, as bytes, remembered per whole millisecond (the text only
         depends on that)."""

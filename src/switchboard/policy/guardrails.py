@@ -61,17 +61,21 @@ class GuardedRequest:
     """What guardrails see and may change. `body` starts as a shallow copy of the request;
     a guardrail that edits message text calls `editable` first, which copies the messages
     once (most requests are never edited, so most requests never pay for the copy), and
-    `edited` after, so the next guardrail sees the new texts."""
+    `edited` after, so the next guardrail sees the new texts.
 
-    __slots__ = ("_lowered", "_texts", "body", "copied", "findings", "refusal")
+    The prompt texts and their lower-cased forms are worked out once, up front, for every
+    guardrail: ``prompt_texts`` and ``lowered`` (also as `texts()`, for extensions)."""
+
+    __slots__ = ("body", "copied", "findings", "lowered", "prompt_texts", "refusal")
 
     def __init__(self, body: JSON) -> None:
         self.body = body
         self.findings: list[str] = []
         self.refusal: str | None = None
         self.copied = False
-        self._texts: list[PromptText] | None = None
-        self._lowered: list[str] | None = None
+        self.prompt_texts: list[PromptText]
+        self.lowered: list[str]
+        self.edited()
 
     def editable(self) -> None:
         if not self.copied:
@@ -80,42 +84,31 @@ class GuardedRequest:
             self.edited()
 
     def edited(self) -> None:
-        """The message texts changed: `texts` and `lowered` are worked out again."""
-        self._texts = self._lowered = None
+        """The message texts changed (or are new): work out `prompt_texts` and `lowered`."""
+        found: list[PromptText] = []
+        lowered: list[str] = []
+        for message in self.body.get("messages") or ():
+            if message.get("role") == "assistant":
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                found.append((message, "content", content))
+                lowered.append(content.lower())
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        found.append((part, "text", part["text"]))
+                        lowered.append(part["text"].lower())
+        self.prompt_texts = found
+        self.lowered = lowered
 
     def texts(self) -> list[PromptText]:
-        """(container, key, text) for every prompt text a person or tool wrote; worked out
-        once for all the guardrails."""
-        if self._texts is None:
-            self._texts = _prompt_texts(self.body)
-        return self._texts
-
-    def lowered(self) -> list[str]:
-        """`texts`, lower-cased (for case-insensitive plain patterns), in the same order."""
-        if self._lowered is None:
-            self._lowered = [text.lower() for _, _, text in self.texts()]
-        return self._lowered
+        """(container, key, text) for every prompt text a person or tool wrote."""
+        return self.prompt_texts
 
     def refuse(self, reason: str) -> None:
         if self.refusal is None:
             self.refusal = reason
-
-
-def _prompt_texts(body: JSON) -> list[PromptText]:
-    found: list[PromptText] = []
-    for message in body.get("messages") or []:
-        if message.get("role") == "assistant":
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            found.append((message, "content", content))
-        elif isinstance(content, list):
-            found.extend(
-                (part, "text", part["text"])
-                for part in content
-                if isinstance(part, dict) and isinstance(part.get("text"), str)
-            )
-    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,25 +217,23 @@ class PatternRule:
         )
 
     def inspect(self, request: GuardedRequest) -> None:
-        found = self.first(request)
-        if found is not None:
-            request.findings.append(self.findings[found])
-            request.refuse(self.reasons[found])
-
-    def first(self, request: GuardedRequest) -> int | None:
-        """The index of the first pattern found in a prompt text, or None."""
-        lowered = request.lowered() if self.plain else None
-        for i, (_, _, text) in enumerate(request.texts()):
-            if lowered is not None:
+        found = None
+        lowered = request.lowered
+        for i, (_, _, text) in enumerate(request.prompt_texts):
+            if self.plain:
                 low = lowered[i]
                 for needle, index in self.plain:
                     if needle in low:
-                        return index
-            if self.regex is not None:
+                        found = index
+                        break
+            if found is None and self.regex is not None:
                 match = self.regex.search(text)
                 if match and match.lastgroup:
-                    return self.regex_index[int(match.lastgroup[1:])]
-        return None
+                    found = self.regex_index[int(match.lastgroup[1:])]
+            if found is not None:
+                request.findings.append(self.findings[found])
+                request.refuse(self.reasons[found])
+                return
 
 
 @register("sensitive_prompt_patterns")
@@ -278,7 +269,7 @@ class PiiGuard:
 
     def inspect(self, request: GuardedRequest) -> None:
         redact = False
-        for _container, _key, text in request.texts():
+        for _container, _key, text in request.prompt_texts:
             # Most prompts hold no PII: a C-speed look for what each kind needs comes first.
             if not (self.email and "@" in text) and (
                 len(text) - len(text.translate(pii.DELETE_DIGITS)) < self.fewest_digits
@@ -295,7 +286,7 @@ class PiiGuard:
             return
         request.editable()
         kinds = [k for k, a in self.actions.items() if a == "redact"]
-        for container, key, text in request.texts():
+        for container, key, text in request.prompt_texts:
             spans = pii.find(text, kinds)
             if spans:
                 container[key] = pii.redact(text, spans)
