@@ -71,29 +71,32 @@ async def _expire(cache: tuple[ResponseCache, Clock | None], seconds: float) -> 
 
 async def test_set_get_and_expiry(cache: tuple[ResponseCache, Clock | None]) -> None:
     backend, _ = cache
-    assert await backend.get("t1:abc") is None
-    await backend.set("t1:abc", {"answer": 42}, ttl_seconds=0.3)
-    assert await backend.get("t1:abc") == {"answer": 42}
+    key = cache_key("t1", "chat", _body())
+    assert await backend.get(key) is None
+    await backend.set(key, {"answer": 42}, ttl_seconds=0.3)
+    assert await backend.get(key) == {"answer": 42}
+    assert await backend.get(cache_key("t2", "chat", _body())) is None  # another tenant
     await _expire(cache, 0.4)
-    assert await backend.get("t1:abc") is None
+    assert await backend.get(key) is None
 
 
 async def test_memory_cache_is_bounded_lru() -> None:
     clock = Clock()
     backend = MemoryCache(max_entries=2, clock=clock)
-    await backend.set("a", {"v": 1}, 60)
-    await backend.set("b", {"v": 2}, 60)
-    assert await backend.get("a") == {"v": 1}  # a is now the most recently used
-    await backend.set("c", {"v": 3}, 60)
-    assert await backend.get("b") is None
-    assert await backend.get("a") == {"v": 1}
+    a, b, c = (("t1", name) for name in (b"a", b"b", b"c"))
+    await backend.set(a, {"v": 1}, 60)
+    await backend.set(b, {"v": 2}, 60)
+    assert await backend.get(a) == {"v": 1}  # a is now the most recently used
+    await backend.set(c, {"v": 3}, 60)
+    assert await backend.get(b) is None
+    assert await backend.get(a) == {"v": 1}
 
 
 async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
     backend = RedisCache("redis://127.0.0.1:9/0")
     try:
-        await backend.set("k", {"v": 1}, 10)
-        assert await backend.get("k") is None
+        await backend.set(("t1", b"k"), {"v": 1}, 10)
+        assert await backend.get(("t1", b"k")) is None
     finally:
         await backend.aclose()
 
@@ -113,11 +116,17 @@ def test_key_ignores_what_does_not_change_the_answer() -> None:
     assert cache_key("t1", "embeddings", _body()) != plain
 
 
-def test_tenants_never_share_an_entry() -> None:
+async def test_tenants_never_share_an_entry() -> None:
     a, b = cache_key("ten_a", "chat", _body()), cache_key("ten_b", "chat", _body())
     assert a != b
-    assert a.startswith("ten_a:")
-    assert b.startswith("ten_b:")
+    assert a[0] == "ten_a"
+    assert b[0] == "ten_b"
+    redis = RedisCache("redis://127.0.0.1:9/0", prefix="sb:cache:")  # never connects
+    try:
+        assert redis.redis_key(a).startswith("sb:cache:ten_a:")
+        assert redis.redis_key(a) != redis.redis_key(b)
+    finally:
+        await redis.aclose()
 
 
 @pytest.mark.parametrize(

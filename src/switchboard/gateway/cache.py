@@ -1,12 +1,14 @@
 """Exact-match response cache, per tenant: the same request from the same tenant within the TTL
 gets the stored answer instead of an upstream call.
 
-The key is a SHA-256 over the tenant id, the endpoint and the request body in canonical form
-(sorted keys), leaving out what does not change the answer (``stream``, ``stream_options``,
-``user``), so a plain request and a streamed one share an entry. The tenant id is part of the
-key and of the stored key's prefix: no tenant can ever be served another tenant's answer. A
-request opts out with ``Cache-Control: no-cache`` (or ``no-store``). Two backends share one
-interface: in process (bounded LRU, one worker) and Redis (shared by every replica).
+The key is the tenant id and the request in canonical form: the endpoint and the body as JSON
+with sorted keys, leaving out what does not change the answer (``stream``, ``stream_options``,
+``user``), so a plain request and a streamed one share an entry. The in-process cache compares
+keys whole (no digest to compute, no collision possible); Redis stores each entry under a
+BLAKE2b-256 digest of the key, prefixed with the tenant id. The tenant id is part of every key:
+no tenant can ever be served another tenant's answer. A request opts out with
+``Cache-Control: no-cache`` (or ``no-store``). Two backends share one interface: in process
+(bounded LRU, one worker) and Redis (shared by every replica).
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from switchboard.providers.base import JSON
 
 _IGNORED = frozenset({"stream", "stream_options", "user"})
 
+CacheKey = tuple[str, bytes]  # (tenant id, the canonical request)
 
-def cache_key(tenant_id: str, endpoint: str, body: JSON) -> str:
+
+def cache_key(tenant_id: str, endpoint: str, body: JSON) -> CacheKey:
     canonical = (
-        {k: v for k, v in body.items() if k not in _IGNORED} if body.keys() & _IGNORED else body
+        {k: v for k, v in body.items() if k not in _IGNORED}
+        if "stream" in body or "user" in body or "stream_options" in body  # _IGNORED, unrolled
+        else body
     )
-    raw = orjson.dumps([tenant_id, endpoint, canonical], option=orjson.OPT_SORT_KEYS)
-    return f"{tenant_id}:{hashlib.sha256(raw).hexdigest()}"
+    return tenant_id, orjson.dumps([endpoint, canonical], option=orjson.OPT_SORT_KEYS)
 
 
 def allows_cache(cache_control: str | None) -> bool:
@@ -42,9 +47,9 @@ def allows_cache(cache_control: str | None) -> bool:
 
 
 class ResponseCache(Protocol):
-    async def get(self, key: str) -> JSON | None: ...
+    async def get(self, key: CacheKey) -> JSON | None: ...
 
-    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None: ...
+    async def set(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -55,17 +60,17 @@ class MemoryCache:
     def __init__(
         self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
         self._max = max_entries
         self._clock = clock
 
-    async def get(self, key: str) -> JSON | None:
+    async def get(self, key: CacheKey) -> JSON | None:
         return self.lookup(key)
 
-    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None:
+    async def set(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None:
         self.keep(key, value, ttl_seconds)
 
-    def lookup(self, key: str) -> JSON | None:
+    def lookup(self, key: CacheKey) -> JSON | None:
         """`get`, without a coroutine (the gateway calls this one when the cache is local)."""
         found = self._entries.get(key)
         if found is None:
@@ -78,7 +83,7 @@ class MemoryCache:
         value: JSON = orjson.loads(raw)
         return value
 
-    def keep(self, key: str, value: JSON, ttl_seconds: float) -> None:
+    def keep(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None:
         """`set`, without a coroutine."""
         entries = self._entries
         fresh = key not in entries
@@ -100,9 +105,14 @@ class RedisCache:
         self._redis = aioredis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         self._prefix = prefix
 
-    async def get(self, key: str) -> JSON | None:
+    def redis_key(self, key: CacheKey) -> str:
+        tenant_id, canonical = key
+        digest = hashlib.blake2b(canonical, digest_size=32).hexdigest()
+        return f"{self._prefix}{tenant_id}:{digest}"
+
+    async def get(self, key: CacheKey) -> JSON | None:
         try:
-            raw = await self._redis.get(self._prefix + key)
+            raw = await self._redis.get(self.redis_key(key))
         except (RedisError, OSError):
             return None
         if raw is None:
@@ -110,10 +120,10 @@ class RedisCache:
         value: JSON = orjson.loads(raw)
         return value
 
-    async def set(self, key: str, value: JSON, ttl_seconds: float) -> None:
+    async def set(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None:
         try:
             await self._redis.set(
-                self._prefix + key, orjson.dumps(value), px=max(1, int(ttl_seconds * 1000))
+                self.redis_key(key), orjson.dumps(value), px=max(1, int(ttl_seconds * 1000))
             )
         except (RedisError, OSError):
             return

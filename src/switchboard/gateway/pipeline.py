@@ -17,13 +17,20 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from switchboard.auth.keys import Caller
 from switchboard.errors import SwitchboardError, UpstreamTimeout
 from switchboard.gateway.assemble import assemble, replay
 from switchboard.gateway.budgeting import WorstPrice
-from switchboard.gateway.cache import MemoryCache, ResponseCache, allows_cache, cache_key
+from switchboard.gateway.cache import (
+    CacheKey,
+    MemoryCache,
+    ResponseCache,
+    allows_cache,
+    cache_key,
+)
 from switchboard.gateway.limiting import RequestLimits
 from switchboard.gateway.router import Attempts, Router
 from switchboard.gateway.routing import Deployment, ModelCatalog
@@ -77,7 +84,7 @@ def route_headers(event: UsageEvent) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-_CacheSlot = tuple[str, float]  # the request's cache key, and how long its answer is kept
+_CacheSlot = tuple[CacheKey, float]  # the request's cache key, and how long its answer is kept
 
 
 class Gateway:
@@ -104,7 +111,7 @@ class Gateway:
         self, caller: Caller, endpoint: str, body: JSON, cache_control: str | None
     ) -> _CacheSlot | None:
         settings = caller.config.cache
-        if not settings.enabled or not allows_cache(cache_control):
+        if not settings.enabled or (cache_control and not allows_cache(cache_control)):
             return None
         return cache_key(caller.tenant.id, endpoint, body), settings.ttl_seconds
 
@@ -207,7 +214,7 @@ class Gateway:
     ) -> JSON:
         event.model = body["model"]
         check_model(caller, body["model"])  # a request it may not make costs no limits
-        demand, worst = (lambda: _chat_demand(body)), self._worst_price(caller, body["model"])
+        demand, worst = partial(_chat_demand, body), self._worst_price(caller, body["model"])
         if not self.limits.admit_at_once(caller, event, demand, worst):
             await self.limits.admit(caller, event, demand, worst)
         screened, refusal = screen(caller, body)
@@ -249,7 +256,7 @@ class Gateway:
     ) -> ClientStream:
         event.model = body["model"]
         check_model(caller, body["model"])  # a request it may not make costs no limits
-        demand, worst = (lambda: _chat_demand(body)), self._worst_price(caller, body["model"])
+        demand, worst = partial(_chat_demand, body), self._worst_price(caller, body["model"])
         if not self.limits.admit_at_once(caller, event, demand, worst):
             await self.limits.admit(caller, event, demand, worst)
         screened, refusal = screen(caller, body)

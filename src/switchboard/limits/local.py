@@ -163,19 +163,26 @@ class LocalGate:
                 else:
                     bisect.insort(held, deadline)
         out: Headers = []
+        durations, ceil = self._durations, math.ceil  # _duration's memo, looked up inline
         if requests is not None:
             rule, remaining, backlog = requests
             out += (
                 (_LIMIT_REQUESTS, rule.limit_header),
                 (_REMAINING_REQUESTS, b"%d" % remaining),
-                (_RESET_REQUESTS, self._duration(backlog)),
+                (
+                    _RESET_REQUESTS,
+                    durations.get(ceil(backlog * 1000 - 1e-6)) or self._duration(backlog),
+                ),
             )
         if by_tokens is not None:
             rule, remaining, backlog = by_tokens
             out += (
                 (_LIMIT_TOKENS, rule.limit_header),
                 (_REMAINING_TOKENS, b"%d" % remaining),
-                (_RESET_TOKENS, self._duration(backlog)),
+                (
+                    _RESET_TOKENS,
+                    durations.get(ceil(backlog * 1000 - 1e-6)) or self._duration(backlog),
+                ),
             )
         return out
 
