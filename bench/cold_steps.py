@@ -88,7 +88,7 @@ def limits_step(who: Caller) -> Callable[[int], object]:
     asyncio.run(limits.budgets.store.seed("tenant:ten_1", month, 0))
 
     def demand() -> Demand:
-        return Demand(10, 64)
+        return (10, 64)
 
     def price() -> WorstPrice:
         return PRICE

@@ -21,7 +21,7 @@ from switchboard.auth.keys import Caller
 from switchboard.errors import BudgetExceeded, RateLimited
 from switchboard.gateway.budgeting import BudgetAlert, WorstPrice
 from switchboard.gateway.limiting import RequestLimits
-from switchboard.gateway.scopes import Demand, Scopes, Subject
+from switchboard.gateway.scopes import Scopes, Subject
 from switchboard.limits import MemoryLimiter, RedisLimiter
 from switchboard.limits.budgets import (
     NANO,
@@ -206,7 +206,7 @@ async def admit(
     limits: RequestLimits, caller: Caller, *, prompt: int = 10, cap: int | None = 100, **kw: Any
 ) -> UsageEvent:
     event = new_event(caller, **kw)
-    await limits.admit(caller, event, lambda: Demand(prompt, cap), lambda: PRICE)
+    await limits.admit(caller, event, lambda: (prompt, cap), lambda: PRICE)
     return event
 
 

@@ -3,6 +3,7 @@ a guardrail registered as a plugin, and PII redaction that survives chunked stre
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -283,3 +284,82 @@ def test_streamed_chunks_are_screened_per_choice_and_flushed_at_the_finish() -> 
         assert done["choices"][0]["finish_reason"] == "stop"
     assert out == {0: "write to [EMAIL] today", 1: "write to [EMAIL] today"}
     assert screen.findings == ["pii:email:redact", "pii:email:redact"]
+
+
+# --- clearing a request in one call ---------------------------------------------------------
+
+_FRAGMENTS = [
+    "hello there",
+    "What's my PASSWORD?",
+    "my credit   card",
+    "how to hack a server",
+    "write to jane@example.com",
+    f"card {VALID_CARD}",
+    f"card {INVALID_CARD}",
+    f"IBAN {VALID_IBANS[1]}",
+    "call +44 20 7946 0958",
+    "order 12345678",
+    "the year 2026",
+    "BOMB",
+]
+_POLICIES = [
+    GuardrailPolicy(
+        sensitive_prompt_patterns=("password", r"re:credit\s+card"),
+        refusal_rules=(RefusalRule("contains", "hack", "Security violation"),),
+        pii_actions={"email": "redact", "credit_card": "block", "iban": "block", "phone": "log"},
+        blocked_tools=("mcp_finance",),
+    ),
+    GuardrailPolicy(refusal_rules=(RefusalRule("regex", r"\bbomb\b", "Violence"),)),
+    GuardrailPolicy(pii_actions={"email": "log"}),
+    GuardrailPolicy(pii_actions={"phone": "redact", "iban": "log"}, blocked_tools=("x",)),
+    GuardrailPolicy(blocked_tools=("mcp_finance",), blocked_tools_action="refuse"),
+]
+
+
+def _random_body(rng: random.Random) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for _ in range(rng.randint(1, 3)):
+        role = rng.choice(["user", "user", "system", "assistant", "tool"])
+        roll = rng.random()
+        if roll < 0.75:
+            content: Any = " ".join(rng.sample(_FRAGMENTS, rng.randint(1, 2)))
+        elif roll < 0.9:
+            content = [{"type": "text", "text": rng.choice(_FRAGMENTS)}]
+        else:
+            content = None
+        messages.append({"role": role, "content": content})
+    body: dict[str, Any] = {"model": "m", "messages": messages}
+    if rng.random() < 0.2:
+        body["tools"] = [
+            {"type": "function", "function": {"name": rng.choice(["mcp_finance", "search"])}}
+        ]
+    return body
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_quick_clear_decides_as_the_chain_does(seed: int) -> None:
+    rng = random.Random(seed)
+    cleared = 0
+    for _ in range(400):
+        policy = rng.choice(_POLICIES)
+        body = _random_body(rng)
+        chain = guardrails.inspect_prompt(policy, body)
+        quick = guardrails._quick(policy, guardrails._version[0])
+        assert quick is not None
+        if quick.clears(body):
+            cleared += 1
+            assert chain.findings == []  # it clears only what the chain finds nothing in
+            assert chain.refusal is None
+            assert chain.body == body
+        assert guardrails.screen_prompt(policy, body) == (chain.body, chain.refusal)
+    assert 40 < cleared < 360  # both ways were taken
+
+
+@pytest.mark.usefixtures("shouting_guardrail")
+def test_an_extension_in_the_chain_turns_the_quick_clear_off() -> None:
+    policy = GuardrailPolicy(blocked_tools=("x",))
+    assert guardrails._quick(policy, guardrails._version[0]) is None
+    assert guardrails.screen_prompt(policy, chat("HELLO THERE")) == (
+        chat("HELLO THERE"),
+        "Please do not shout.",
+    )

@@ -124,7 +124,7 @@ async def test_the_fast_path_and_the_general_path_agree(seed: int) -> None:
         if roll < 0.6:
             caller = rng.choice(callers)
             user = rng.choice([None, "alice", "bob"])
-            demand = Demand(rng.randint(1, 300), rng.choice([None, 10, 200, 2000]))
+            demand: Demand = (rng.randint(1, 300), rng.choice([None, 10, 200, 2000]))
             (fast_event, fast_out), (general_event, general_out) = [
                 await _admit(limits, caller, user, demand) for limits, _, _ in sides
             ]
@@ -163,14 +163,14 @@ async def test_a_sweep_makes_compiled_plans_fetch_their_buckets_again() -> None:
     key = ApiKey("k1", "t1", "key", "sk-sb-1", NOW, None, None)
     caller = Caller(key, tenant, TenantConfig(rate_limit_per_minute=3))
     for _ in range(3):
-        assert (await _admit(limits, caller, None, Demand(1, None)))[1] == "admitted"
+        assert (await _admit(limits, caller, None, (1, None)))[1] == "admitted"
     generation = limiter.generation
     clock.now += 61  # the bucket is full again: a sweep may drop it
     for i in range(3000):  # grow the tables past the sweep threshold
         await limiter.acquire(f"key:other{i}", 1, 1)
     assert limiter.generation > generation
     for _ in range(3):
-        assert (await _admit(limits, caller, None, Demand(1, None)))[1] == "admitted"
-    refused = (await _admit(limits, caller, None, Demand(1, None)))[1]
+        assert (await _admit(limits, caller, None, (1, None)))[1] == "admitted"
+    refused = (await _admit(limits, caller, None, (1, None)))[1]
     assert refused.startswith("RateLimited")  # counted in the live bucket, not a dropped one
     await limits.aclose()

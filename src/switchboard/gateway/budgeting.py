@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from switchboard.errors import BudgetExceeded
-from switchboard.gateway.scopes import Demand, Subject
+from switchboard.gateway.scopes import Subject
 from switchboard.limits import Scope
 from switchboard.limits.budgets import (
     NANO,
@@ -73,17 +73,8 @@ class BudgetKeeper:
         self.store = store
         self._spend = spend
         self._notify = notify
-        self._default_max_tokens = default_max_tokens
+        self.default_max_tokens = default_max_tokens  # the reservation's cap without max_tokens
         self._spawn = spawn
-
-    def worst_case(self, wanted: Demand, price: WorstPrice) -> int:
-        """The most the request can cost, in nano-dollars: its prompt estimate at the dearest
-        input price and its ``max_tokens`` (or the default) at the dearest output price."""
-        cap = wanted.completion_cap
-        if cap is None:
-            cap = self._default_max_tokens
-        worst = (wanted.prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6
-        return round(worst * NANO)  # to_nano
 
     async def reserve(
         self, budgeted: Sequence[Subject], amount: int, month: str, webhook: str | None

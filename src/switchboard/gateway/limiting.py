@@ -144,14 +144,21 @@ class RequestLimits:
         """(tokens against each token rule, nano-dollars against each budget, and its month)."""
         tokens = amount = 0
         month = ""
-        budgeted = plan.budgeted and self.budgets is not None
+        budgets = self.budgets
+        budgeted = plan.budgeted and budgets is not None
         if plan.token_rules or budgeted:
-            wanted = demand()
+            prompt, cap = demand()
             if plan.token_rules:
-                tokens = wanted.prompt + (wanted.completion_cap or 0)
+                tokens = prompt + (cap or 0)
             if budgeted:
-                assert self.budgets is not None
-                amount = self.budgets.worst_case(wanted, worst_price())
+                assert budgets is not None
+                # The worst case: the prompt estimate at the dearest input price, max_tokens
+                # (or the default) at the dearest output price.
+                price = worst_price()
+                if cap is None:
+                    cap = budgets.default_max_tokens
+                worst = (prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6
+                amount = round(worst * NANO)  # to_nano
                 created = event.created_at
                 month = (
                     f"{created.year:04d}-{created.month:02d}"

@@ -241,8 +241,8 @@ class Gateway:
             tokens_out = sum(_choice_tokens(c) for c in result.get("choices") or [])
         _charge(event, deployment, int(tokens_in), int(tokens_out), usage)
         screen_answer(caller, result, event.request_id)
-        if slot is not None:
-            await self._keep(slot, result)
+        if slot is not None and not self._kept(slot, result):
+            await self.cache.set(slot[0], result, slot[1])
         return result
 
     async def stream_chat(
@@ -294,16 +294,19 @@ class Gateway:
 
     def _store(self, slot: _CacheSlot) -> Callable[[list[JSON]], Awaitable[None]]:
         async def store(chunks: list[JSON]) -> None:
-            await self._keep(slot, assemble(chunks))
+            answer = assemble(chunks)
+            if not self._kept(slot, answer):
+                await self.cache.set(slot[0], answer, slot[1])
 
         return store
 
-    async def _keep(self, slot: _CacheSlot, answer: JSON) -> None:
+    def _kept(self, slot: _CacheSlot, answer: JSON) -> bool:
+        """Store the answer at once if the cache is in process; False: ``await set`` it."""
         local = self._local_cache
-        if local is not None:
-            local.keep(slot[0], answer, slot[1])
-        else:
-            await self.cache.set(slot[0], answer, slot[1])
+        if local is None:
+            return False
+        local.keep(slot[0], answer, slot[1])
+        return True
 
     def _settle_stream(
         self,
@@ -321,7 +324,7 @@ class Gateway:
     ) -> JSON:
         event.model = body["model"]
         check_model(caller, body["model"])
-        demand = lambda: Demand(estimate_input_tokens(body["input"]), 0)  # noqa: E731
+        demand = lambda: (estimate_input_tokens(body["input"]), 0)  # noqa: E731
         worst = self._worst_price(caller, body["model"])
         if not self.limits.admit_at_once(caller, event, demand, worst):
             await self.limits.admit(caller, event, demand, worst)
@@ -342,8 +345,8 @@ class Gateway:
             event.tokens_estimated = True
             tokens = estimate_input_tokens(body["input"])
         _charge(event, deployment, int(tokens), 0, usage)
-        if slot is not None:
-            await self._keep(slot, result)
+        if slot is not None and not self._kept(slot, result):
+            await self.cache.set(slot[0], result, slot[1])
         return result
 
 
@@ -367,7 +370,7 @@ def _charge(
 def _chat_demand(body: JSON) -> Demand:
     """What a chat request may use at most, as far as we can tell before it runs."""
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    return Demand(estimate_prompt_tokens(body["messages"]), int(cap) if cap else None)
+    return estimate_prompt_tokens(body["messages"]), int(cap) if cap else None
 
 
 def _choice_tokens(choice: dict[str, Any]) -> int:

@@ -14,17 +14,9 @@ from switchboard.auth.keys import Caller
 from switchboard.limits import Check, Rule, Scope, key_scope, tenant_scope, user_scope
 from switchboard.policy.limit_set import LimitSet
 
-
-@dataclass(slots=True)  # made per request: plain init is faster than frozen
-class Demand:
-    """The most tokens a request may use: its prompt estimate and its completion cap."""
-
-    prompt: int
-    completion_cap: int | None  # max_tokens as asked; None when the request sets none
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt + (self.completion_cap or 0)
+# The most tokens a request may use: (its prompt estimate, its completion cap), the cap as the
+# request asked (max_tokens), None when it sets none. A plain tuple: one is made per request.
+Demand = tuple[int, int | None]
 
 
 @dataclass(slots=True)  # made per request: plain init is faster than frozen

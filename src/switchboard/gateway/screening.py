@@ -15,7 +15,7 @@ from switchboard.auth.keys import Caller
 from switchboard.errors import PermissionDenied, SwitchboardError
 from switchboard.gateway.routing import ModelCatalog
 from switchboard.gateway.streams import ClientStream
-from switchboard.policy.guardrails import inspect_prompt
+from switchboard.policy.guardrails import screen_prompt
 from switchboard.policy.response_guard import StreamScreen, screen_completion
 from switchboard.providers.base import JSON
 from switchboard.providers.openai_shapes import completion, new_id
@@ -51,8 +51,7 @@ def screen(caller: Caller, body: JSON) -> tuple[JSON, str | None]:
     config = caller.config
     if not config.has_guardrails:
         return body, None
-    request = inspect_prompt(config.guardrail_policy, body)
-    return request.body, request.refusal
+    return screen_prompt(config.guardrail_policy, body)
 
 
 def refusal_completion(model: str, reason: str) -> JSON:
