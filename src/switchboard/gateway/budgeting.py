@@ -1,10 +1,10 @@
 """Monthly budgets on the request path: reserve a request's worst-case cost in every scope
 with a budget before it runs, settle the real cost after, and alert once per scope and month.
 
-    reserve ─▶ worst case = prompt estimate * dearest input price + max_tokens (or the default)
-               * dearest output price ─▶ the store reserves it in every scope, or refuses
-               (BudgetExceeded, 429 insufficient_quota) ─▶ counters the store lacks are seeded
-               from the usage ledger first
+    reserve ─▶ worst case (`RequestLimits` works it out) = prompt estimate * dearest input
+               price + max_tokens (or the default) * dearest output price ─▶ the store
+               reserves it in every scope, or refuses (BudgetExceeded, 429
+               insufficient_quota) ─▶ counters the store lacks are seeded from the ledger first
     settle  ─▶ the store adds real - reserved ─▶ past ``budget_alert_percent``? alert once
 
 The store (`limits.budgets`) is in process or in Redis; `RequestLimits` calls this module and

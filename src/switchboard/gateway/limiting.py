@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC
 
 from switchboard.auth.keys import Caller
 from switchboard.errors import RateLimited
@@ -36,7 +35,7 @@ from switchboard.gateway.budgeting import (
 )
 from switchboard.gateway.scopes import Demand, Plan, Scopes, Subject
 from switchboard.limits import Check, Limiter, MemoryLimiter, Rule, Scope, headers, rate_limited
-from switchboard.limits.budgets import NANO, BudgetStore, MemoryBudgets, month_of
+from switchboard.limits.budgets import BudgetStore, MemoryBudgets, month_of, to_nano
 from switchboard.limits.local import Compiled, LocalGate
 from switchboard.metering.usage import UsageEvent
 
@@ -128,11 +127,20 @@ class RequestLimits:
     ) -> None:
         """``demand`` and ``worst_price`` are only called when a token rule or a budget needs
         them. Raises `RateLimited` or `BudgetExceeded`, having given back what it took."""
-        if self.admit_at_once(caller, event, demand, worst_price):
-            return
+        if not self.admit_at_once(caller, event, demand, worst_price):
+            await self.admit_in_general(caller, event, demand, worst_price)
+
+    async def admit_in_general(
+        self,
+        caller: Caller,
+        event: UsageEvent,
+        demand: Callable[[], Demand],
+        worst_price: Callable[[], WorstPrice],
+    ) -> None:
+        """`admit` without the fast path: for when `admit_at_once` said False."""
         plan = self._scopes.plan(caller, event.user_id)
-        assert plan is not None
-        await self._admit(plan, event, *self._reservation(plan, event, demand, worst_price))
+        if plan is not None:
+            await self._admit(plan, event, *self._reservation(plan, event, demand, worst_price))
 
     def _reservation(
         self,
@@ -158,13 +166,8 @@ class RequestLimits:
                 if cap is None:
                     cap = budgets.default_max_tokens
                 worst = (prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6
-                amount = round(worst * NANO)  # to_nano
-                created = event.created_at
-                month = (
-                    f"{created.year:04d}-{created.month:02d}"
-                    if created.tzinfo is UTC
-                    else month_of(created)
-                )
+                amount = to_nano(worst)
+                month = month_of(event.created_at)
         return tokens, amount, month
 
     def _compile(self, plan: Plan) -> Compiled:
@@ -232,7 +235,7 @@ class RequestLimits:
                 owed = self._owed_tokens
                 owed[plan] = owed.get(plan, 0) + used - tokens
         if month:
-            cost = 0 if skipped else round(event.cost_usd * NANO)
+            cost = 0 if skipped else to_nano(event.cost_usd)
             if cost != amount:
                 key = (plan, month)
                 owed_budgets = self._owed_budgets

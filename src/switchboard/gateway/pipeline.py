@@ -216,7 +216,7 @@ class Gateway:
         check_model(caller, body["model"])  # a request it may not make costs no limits
         demand, worst = partial(_chat_demand, body), self._worst_price(caller, body["model"])
         if not self.limits.admit_at_once(caller, event, demand, worst):
-            await self.limits.admit(caller, event, demand, worst)
+            await self.limits.admit_in_general(caller, event, demand, worst)
         screened, refusal = screen(caller, body)
         if refusal is not None:
             event.refusal_reason = refusal
@@ -258,7 +258,7 @@ class Gateway:
         check_model(caller, body["model"])  # a request it may not make costs no limits
         demand, worst = partial(_chat_demand, body), self._worst_price(caller, body["model"])
         if not self.limits.admit_at_once(caller, event, demand, worst):
-            await self.limits.admit(caller, event, demand, worst)
+            await self.limits.admit_in_general(caller, event, demand, worst)
         screened, refusal = screen(caller, body)
         if refusal is not None:
             event.refusal_reason = refusal
@@ -327,7 +327,7 @@ class Gateway:
         demand = lambda: (estimate_input_tokens(body["input"]), 0)  # noqa: E731
         worst = self._worst_price(caller, body["model"])
         if not self.limits.admit_at_once(caller, event, demand, worst):
-            await self.limits.admit(caller, event, demand, worst)
+            await self.limits.admit_in_general(caller, event, demand, worst)
         slot = self._cache_slot(caller, "embeddings", body, cache_control)
         hit = await self._cached(slot, event, body["model"])
         if hit is not None:

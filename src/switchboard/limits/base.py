@@ -201,12 +201,12 @@ def format_duration(seconds: float) -> str:
     return secs
 
 
-_REQUESTS_HEADERS = (
+REQUESTS_HEADERS = (
     b"x-ratelimit-limit-requests",
     b"x-ratelimit-remaining-requests",
     b"x-ratelimit-reset-requests",
 )
-_TOKENS_HEADERS = (
+TOKENS_HEADERS = (
     b"x-ratelimit-limit-tokens",
     b"x-ratelimit-remaining-tokens",
     b"x-ratelimit-reset-tokens",
@@ -227,9 +227,9 @@ def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
             tokens = state
     out: list[tuple[bytes, bytes]] = []
     if requests is not None:
-        out += _state_headers(_REQUESTS_HEADERS, requests)
+        out += _state_headers(REQUESTS_HEADERS, requests)
     if tokens is not None:
-        out += _state_headers(_TOKENS_HEADERS, tokens)
+        out += _state_headers(TOKENS_HEADERS, tokens)
     return out
 
 

@@ -26,18 +26,19 @@ import bisect
 import math
 from collections.abc import Sequence
 
-from switchboard.limits.base import EPS, Rule, Scope, format_duration
+from switchboard.limits.base import (
+    EPS,
+    REQUESTS_HEADERS,
+    TOKENS_HEADERS,
+    Rule,
+    Scope,
+    format_duration,
+)
 from switchboard.limits.budgets import MemoryBudgets
-from switchboard.limits.memory import Bucket, Leases, MemoryLimiter
+from switchboard.limits.memory import Bucket, Leases, MemoryLimiter, drop_expired
 
 Headers = list[tuple[bytes, bytes]]
 
-_LIMIT_REQUESTS = b"x-ratelimit-limit-requests"
-_REMAINING_REQUESTS = b"x-ratelimit-remaining-requests"
-_RESET_REQUESTS = b"x-ratelimit-reset-requests"
-_LIMIT_TOKENS = b"x-ratelimit-limit-tokens"
-_REMAINING_TOKENS = b"x-ratelimit-remaining-tokens"
-_RESET_TOKENS = b"x-ratelimit-reset-tokens"
 _MAX_DURATIONS = 4096
 
 
@@ -123,7 +124,7 @@ class LocalGate:
         for held, most in plan.leases:
             if len(held) >= most:
                 if held[0] <= now:
-                    del held[: bisect.bisect_right(held, now)]  # expired: as MemoryLimiter does
+                    drop_expired(held, now)  # as MemoryLimiter does
                 if len(held) >= most:
                     return None
         if plan.budgets:
@@ -164,26 +165,15 @@ class LocalGate:
                     bisect.insort(held, deadline)
         out: Headers = []
         durations, ceil = self._durations, math.ceil  # _duration's memo, looked up inline
-        if requests is not None:
-            rule, remaining, backlog = requests
-            out += (
-                (_LIMIT_REQUESTS, rule.limit_header),
-                (_REMAINING_REQUESTS, b"%d" % remaining),
-                (
-                    _RESET_REQUESTS,
-                    durations.get(ceil(backlog * 1000 - 1e-6)) or self._duration(backlog),
-                ),
-            )
-        if by_tokens is not None:
-            rule, remaining, backlog = by_tokens
-            out += (
-                (_LIMIT_TOKENS, rule.limit_header),
-                (_REMAINING_TOKENS, b"%d" % remaining),
-                (
-                    _RESET_TOKENS,
-                    durations.get(ceil(backlog * 1000 - 1e-6)) or self._duration(backlog),
-                ),
-            )
+        for tightest, names in ((requests, REQUESTS_HEADERS), (by_tokens, TOKENS_HEADERS)):
+            if tightest is not None:
+                rule, remaining, backlog = tightest
+                reset = durations.get(ceil(backlog * 1000 - 1e-6)) or self._duration(backlog)
+                out += (
+                    (names[0], rule.limit_header),
+                    (names[1], b"%d" % remaining),
+                    (names[2], reset),
+                )
         return out
 
     def release(self, plan: Compiled) -> bool:
@@ -196,7 +186,7 @@ class LocalGate:
         now = limiter.clock()
         for held, _ in plan.leases:
             if held and held[0] <= now:
-                del held[: bisect.bisect_right(held, now)]
+                drop_expired(held, now)
             if held:
                 del held[0]
         return True

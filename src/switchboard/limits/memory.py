@@ -46,6 +46,11 @@ class Bucket:
 Leases = list[float]  # one scope's lease deadlines, sorted
 
 
+def drop_expired(leases: Leases, now: float) -> None:
+    """Remove the deadlines not after ``now``; being sorted, this costs only what is dropped."""
+    del leases[: bisect.bisect_right(leases, now)]
+
+
 class MemoryLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -140,7 +145,7 @@ class MemoryLimiter:
         ones costs only what is dropped."""
         leases = self.leases(scope)
         if leases and leases[0] <= now:
-            del leases[: bisect.bisect_right(leases, now)]
+            drop_expired(leases, now)
         return leases
 
     def maybe_sweep(self, now: float) -> None:
