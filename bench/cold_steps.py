@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from switchboard.auth.keys import Caller
 from switchboard.gateway.budgeting import WorstPrice
 from switchboard.gateway.cache import MemoryCache, cache_key
@@ -118,7 +120,7 @@ def cache_step() -> Callable[[int], object]:
         body = {**BODY, "messages": [{"role": "user", "content": f"Hello there {i}"}]}
         key = cache_key("ten_1", "chat", body)
         if cache.lookup(key) is None:
-            cache.keep(key, ANSWER, 3600)
+            cache.keep(key, orjson.dumps(ANSWER), 3600)
 
     return step
 

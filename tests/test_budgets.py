@@ -10,7 +10,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -147,6 +147,16 @@ async def test_two_redis_stores_share_counters() -> None:
 def test_money_and_months() -> None:
     assert to_nano(0.000_000_15) == 150
     assert month_of(datetime(2026, 12, 31, 23, 30, tzinfo=UTC)) == "2026-12"
+    # The remembered month must not leak across its bounds, in either direction or zone.
+    assert month_of(datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)) == "2026-12"
+    assert month_of(datetime(2027, 1, 1, tzinfo=UTC)) == "2027-01"
+    assert month_of(datetime(2026, 12, 1, tzinfo=UTC)) == "2026-12"
+    assert month_of(datetime(2026, 11, 30, 23, 59, 59, 999_999, tzinfo=UTC)) == "2026-11"
+    paris = timezone(timedelta(hours=1))
+    assert month_of(datetime(2026, 12, 1, 0, 30, tzinfo=paris)) == "2026-11"
+    assert month_of(datetime(2026, 11, 30, 23, 30, tzinfo=timezone(-timedelta(hours=1)))) == (
+        "2026-12"
+    )
     assert month_bounds("2026-12") == (
         datetime(2026, 12, 1, tzinfo=UTC),
         datetime(2027, 1, 1, tzinfo=UTC),

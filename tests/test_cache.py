@@ -73,7 +73,7 @@ async def test_set_get_and_expiry(cache: tuple[ResponseCache, Clock | None]) -> 
     backend, _ = cache
     key = cache_key("t1", "chat", _body())
     assert await backend.get(key) is None
-    await backend.set(key, {"answer": 42}, ttl_seconds=0.3)
+    await backend.set(key, b'{"answer":42}', ttl_seconds=0.3)
     assert await backend.get(key) == {"answer": 42}
     assert await backend.get(cache_key("t2", "chat", _body())) is None  # another tenant
     await _expire(cache, 0.4)
@@ -84,10 +84,10 @@ async def test_memory_cache_is_bounded_lru() -> None:
     clock = Clock()
     backend = MemoryCache(max_entries=2, clock=clock)
     a, b, c = (("t1", name) for name in (b"a", b"b", b"c"))
-    await backend.set(a, {"v": 1}, 60)
-    await backend.set(b, {"v": 2}, 60)
+    await backend.set(a, b'{"v":1}', 60)
+    await backend.set(b, b'{"v":2}', 60)
     assert await backend.get(a) == {"v": 1}  # a is now the most recently used
-    await backend.set(c, {"v": 3}, 60)
+    await backend.set(c, b'{"v":3}', 60)
     assert await backend.get(b) is None
     assert await backend.get(a) == {"v": 1}
 
@@ -95,7 +95,7 @@ async def test_memory_cache_is_bounded_lru() -> None:
 async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
     backend = RedisCache("redis://127.0.0.1:9/0")
     try:
-        await backend.set(("t1", b"k"), {"v": 1}, 10)
+        await backend.set(("t1", b"k"), b'{"v":1}', 10)
         assert await backend.get(("t1", b"k")) is None
     finally:
         await backend.aclose()

@@ -63,6 +63,16 @@ def test_detectors(text: str, found: list[str]) -> None:
     assert kinds(text) == found
 
 
+def test_digit_count_counts_ascii_digits_in_any_text() -> None:
+    assert pii.digit_count("") == 0
+    assert pii.digit_count("call +49 30 1234 5678") == 12
+    # Non-ASCII letters and digits of other scripts are not ASCII digits; a lone surrogate
+    # (which JSON can carry) does not break the count.
+    assert pii.digit_count("Zürich ٣٤٥ 12 \u2013 日本 7\ud800") == 3
+    text = "".join(random.Random(7).choice("a1é٣9 \u00b2") for _ in range(500))
+    assert pii.digit_count(text) == sum(c in "0123456789" for c in text)
+
+
 def test_redact_replaces_each_span() -> None:
     text = f"me: jane@example.com, card {VALID_CARD}."
     assert pii.redact(text, pii.find(text)) == "me: [EMAIL], card [CREDIT_CARD]."

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -227,3 +228,48 @@ def test_a_streamed_answer_fills_the_cache_too(
     assert repeat.headers["x-switchboard-cache"] == "hit"
     assert repeat.parse().choices[0].message.content == "Echo: stream then repeat"
     assert len(upstream_bodies(fake_openai, "gpt-4o-mini")) == calls + 1
+
+
+def test_every_surface_fills_and_reads_the_one_cache(
+    gateway: RunningGateway, fake_openai: ServerThread
+) -> None:
+    """The OpenAI surface hands the cache the very bytes it sends; the Anthropic surface
+    translates the answer, so the pipeline serialises it for the cache itself. Either one's
+    miss is the other's hit, and the OpenAI body sent on a miss is the one a hit gives back."""
+    key = gateway.new_tenant("surfaces")
+    slug = gateway.keys["surfaces:slug"]
+    config = {"cache": {"enabled": True, "ttl_seconds": 60}}
+    assert gateway.admin("PUT", f"/admin/v1/tenants/{slug}/config", json=config).status_code == 200
+    calls = len(upstream_bodies(fake_openai, "gpt-4o-mini"))
+
+    def ask(path: str, prompt: str) -> httpx.Response:
+        headers = (
+            {"x-api-key": key, "anthropic-version": "2023-06-01"}
+            if path == "/v1/messages"
+            else {"authorization": f"Bearer {key}"}
+        )
+        body = {
+            "model": "gpt-fake",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        response = httpx.post(gateway.url + path, headers=headers, json=body, timeout=10)
+        assert response.status_code == 200, response.text
+        return response
+
+    first = ask("/v1/messages", "from anthropic")
+    assert "x-switchboard-cache" not in first.headers
+    assert first.json()["content"][0]["text"] == "Echo: from anthropic"
+    hit = ask("/v1/chat/completions", "from anthropic")
+    assert hit.headers["x-switchboard-cache"] == "hit"
+    assert hit.json()["choices"][0]["message"]["content"] == "Echo: from anthropic"
+
+    miss = ask("/v1/chat/completions", "from openai")
+    assert "x-switchboard-cache" not in miss.headers
+    again = ask("/v1/chat/completions", "from openai")
+    assert again.headers["x-switchboard-cache"] == "hit"
+    assert again.json() == miss.json()
+    repeat = ask("/v1/messages", "from openai")
+    assert repeat.headers["x-switchboard-cache"] == "hit"
+    assert repeat.json()["content"][0]["text"] == "Echo: from openai"
+    assert len(upstream_bodies(fake_openai, "gpt-4o-mini")) == calls + 2

@@ -68,10 +68,10 @@ async def chat_completions(rt: Runtime, scope: Scope, receive: Receive, send: Se
             )
             await response(scope, receive, send)
             return
-        result = await gateway.chat(
+        raw = await gateway.chat_json(
             caller, event, body, cache_control=header(scope, b"cache-control")
         )
-        await send_json(send, 200, orjson.dumps(result), route_headers(event))
+        await send_json(send, 200, raw, route_headers(event))
 
 
 async def embeddings(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:

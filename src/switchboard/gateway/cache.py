@@ -47,9 +47,12 @@ def allows_cache(cache_control: str | None) -> bool:
 
 
 class ResponseCache(Protocol):
+    """``set`` takes the answer as JSON bytes (the gateway has them already: the OpenAI surface
+    sends the same bytes), ``get`` gives it back parsed."""
+
     async def get(self, key: CacheKey) -> JSON | None: ...
 
-    async def set(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None: ...
+    async def set(self, key: CacheKey, raw: bytes, ttl_seconds: float) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -67,8 +70,8 @@ class MemoryCache:
     async def get(self, key: CacheKey) -> JSON | None:
         return self.lookup(key)
 
-    async def set(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None:
-        self.keep(key, value, ttl_seconds)
+    async def set(self, key: CacheKey, raw: bytes, ttl_seconds: float) -> None:
+        self.keep(key, raw, ttl_seconds)
 
     def lookup(self, key: CacheKey) -> JSON | None:
         """`get`, without a coroutine (the gateway calls this one when the cache is local)."""
@@ -83,11 +86,11 @@ class MemoryCache:
         value: JSON = orjson.loads(raw)
         return value
 
-    def keep(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None:
+    def keep(self, key: CacheKey, raw: bytes, ttl_seconds: float) -> None:
         """`set`, without a coroutine."""
         entries = self._entries
         fresh = key not in entries
-        entries[key] = (self._clock() + ttl_seconds, orjson.dumps(value))
+        entries[key] = (self._clock() + ttl_seconds, raw)
         if not fresh:
             entries.move_to_end(key)
         elif len(entries) > self._max:
@@ -120,11 +123,9 @@ class RedisCache:
         value: JSON = orjson.loads(raw)
         return value
 
-    async def set(self, key: CacheKey, value: JSON, ttl_seconds: float) -> None:
+    async def set(self, key: CacheKey, raw: bytes, ttl_seconds: float) -> None:
         try:
-            await self._redis.set(
-                self.redis_key(key), orjson.dumps(value), px=max(1, int(ttl_seconds * 1000))
-            )
+            await self._redis.set(self.redis_key(key), raw, px=max(1, int(ttl_seconds * 1000)))
         except (RedisError, OSError):
             return
 

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
+
 from switchboard.auth.keys import Caller
 from switchboard.errors import SwitchboardError, UpstreamTimeout
 from switchboard.gateway.assemble import assemble, replay
@@ -115,10 +117,8 @@ class Gateway:
             return None
         return cache_key(caller.tenant.id, endpoint, body), settings.ttl_seconds
 
-    async def _cached(self, slot: _CacheSlot | None, event: UsageEvent, model: str) -> JSON | None:
+    async def _cached(self, slot: _CacheSlot, event: UsageEvent, model: str) -> JSON | None:
         """The stored answer, relabelled with the model asked for; metered as cached."""
-        if slot is None:
-            return None
         local = self._local_cache
         hit = local.lookup(slot[0]) if local is not None else await self.cache.get(slot[0])
         if hit is not None:
@@ -212,6 +212,27 @@ class Gateway:
     async def chat(
         self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
     ) -> JSON:
+        result, store = await self._chat(caller, event, body, cache_control)
+        if store is not None:
+            await self._store(store, orjson.dumps(result))
+        return result
+
+    async def chat_json(
+        self, caller: Caller, event: UsageEvent, body: JSON, *, cache_control: str | None = None
+    ) -> bytes:
+        """`chat`, rendered as OpenAI's JSON body. A new answer the response cache keeps is
+        serialised once, for the client and the cache."""
+        result, store = await self._chat(caller, event, body, cache_control)
+        raw = orjson.dumps(result)
+        if store is not None:
+            await self._store(store, raw)
+        return raw
+
+    async def _chat(
+        self, caller: Caller, event: UsageEvent, body: JSON, cache_control: str | None
+    ) -> tuple[JSON, _CacheSlot | None]:
+        """The answer, and where to keep it if it is new and the response cache keeps it:
+        nothing changes the answer after this, so it can be serialised once for both."""
         event.model = body["model"]
         check_model(caller, body["model"])  # a request it may not make costs no limits
         demand, worst = partial(_chat_demand, body), self._worst_price(caller, body["model"])
@@ -220,12 +241,13 @@ class Gateway:
         screened, refusal = screen(caller, body)
         if refusal is not None:
             event.refusal_reason = refusal
-            return refusal_completion(body["model"], refusal)
+            return refusal_completion(body["model"], refusal), None
         body = screened
         slot = self._cache_slot(caller, "chat", body, cache_control)
-        hit = await self._cached(slot, event, body["model"])
-        if hit is not None:
-            return screen_answer(caller, hit, event.request_id)
+        if slot is not None:
+            hit = await self._cached(slot, event, body["model"])
+            if hit is not None:
+                return screen_answer(caller, hit, event.request_id), None
 
         async def once(d: Deployment) -> JSON:
             call = d.provider.chat({**body, "model": d.upstream_model})
@@ -240,10 +262,7 @@ class Gateway:
             tokens_in = estimate_prompt_tokens(body["messages"])
             tokens_out = sum(_choice_tokens(c) for c in result.get("choices") or [])
         _charge(event, deployment, int(tokens_in), int(tokens_out), usage)
-        screen_answer(caller, result, event.request_id)
-        if slot is not None and not self._kept(slot, result):
-            await self.cache.set(slot[0], result, slot[1])
-        return result
+        return screen_answer(caller, result, event.request_id), slot
 
     async def stream_chat(
         self,
@@ -266,10 +285,11 @@ class Gateway:
             return self._canned(event, answer, include_usage)
         body = screened
         slot = self._cache_slot(caller, "chat", body, cache_control)
-        hit = await self._cached(slot, event, body["model"])
-        if hit is not None:
-            canned = self._canned(event, hit, include_usage)
-            return screen_stream(caller, canned, event.request_id)
+        if slot is not None:
+            hit = await self._cached(slot, event, body["model"])
+            if hit is not None:
+                canned = self._canned(event, hit, include_usage)
+                return screen_stream(caller, canned, event.request_id)
 
         async def once(d: Deployment) -> Prefetched:
             upstream_body = {**body, "model": d.upstream_model}
@@ -284,7 +304,7 @@ class Gateway:
             body=body,
             include_usage=include_usage,
             finish=self._settle_stream,
-            on_complete=self._store(slot) if slot is not None else None,
+            on_complete=self._store_assembled(slot) if slot is not None else None,
         )
         return screen_stream(caller, metered, event.request_id)
 
@@ -292,21 +312,18 @@ class Gateway:
         event.stream = True  # the stream records the event when it closes
         return CannedStream(event, replay(answer, include_usage=include_usage), self.finish)
 
-    def _store(self, slot: _CacheSlot) -> Callable[[list[JSON]], Awaitable[None]]:
+    def _store_assembled(self, slot: _CacheSlot) -> Callable[[list[JSON]], Awaitable[None]]:
         async def store(chunks: list[JSON]) -> None:
-            answer = assemble(chunks)
-            if not self._kept(slot, answer):
-                await self.cache.set(slot[0], answer, slot[1])
+            await self._store(slot, orjson.dumps(assemble(chunks)))
 
         return store
 
-    def _kept(self, slot: _CacheSlot, answer: JSON) -> bool:
-        """Store the answer at once if the cache is in process; False: ``await set`` it."""
+    async def _store(self, slot: _CacheSlot, raw: bytes) -> None:
         local = self._local_cache
-        if local is None:
-            return False
-        local.keep(slot[0], answer, slot[1])
-        return True
+        if local is not None:
+            local.keep(slot[0], raw, slot[1])
+        else:
+            await self.cache.set(slot[0], raw, slot[1])
 
     def _settle_stream(
         self,
@@ -329,9 +346,10 @@ class Gateway:
         if not self.limits.admit_at_once(caller, event, demand, worst):
             await self.limits.admit_in_general(caller, event, demand, worst)
         slot = self._cache_slot(caller, "embeddings", body, cache_control)
-        hit = await self._cached(slot, event, body["model"])
-        if hit is not None:
-            return hit
+        if slot is not None:
+            hit = await self._cached(slot, event, body["model"])
+            if hit is not None:
+                return hit
 
         async def once(d: Deployment) -> JSON:
             call = d.provider.embed({**body, "model": d.upstream_model})
@@ -345,8 +363,8 @@ class Gateway:
             event.tokens_estimated = True
             tokens = estimate_input_tokens(body["input"])
         _charge(event, deployment, int(tokens), 0, usage)
-        if slot is not None and not self._kept(slot, result):
-            await self.cache.set(slot[0], result, slot[1])
+        if slot is not None:
+            await self._store(slot, orjson.dumps(result))
         return result
 
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from switchboard.limits.redis import RedisLimiter
+from switchboard.store.spend import month_bounds
 
 NANO = 1_000_000_000  # nano-dollars per dollar
 TTL_SECONDS = 40 * 86_400
@@ -37,11 +38,21 @@ def to_nano(usd: float) -> int:
     return round(usd * NANO)
 
 
+# The last month `month_of` named: (its first instant, the next month's, its text), in UTC.
+_last_month = [(datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC), "")]
+
+
 def month_of(when: datetime) -> str:
-    """``"2026-11"``: the UTC calendar month (no strftime: this runs per budgeted request)."""
+    """``"2026-11"``: the UTC calendar month. This runs per budgeted request, and nearly every
+    request falls in the month the one before it did: two comparisons answer it then."""
+    start, end, text = _last_month[0]
+    if when.tzinfo is UTC and start <= when < end:
+        return text
     if when.utcoffset():
         when = when.astimezone(UTC)
-    return f"{when.year:04d}-{when.month:02d}"
+    text = f"{when.year:04d}-{when.month:02d}"
+    _last_month[0] = (*month_bounds(text), text)
+    return text
 
 
 @dataclass(slots=True)  # made per request: plain init is faster than frozen

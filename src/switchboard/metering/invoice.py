@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
@@ -25,6 +25,7 @@ from switchboard.metering.billing import PlanVersion
 from switchboard.platform import Platform
 from switchboard.store.analytics import AnalyticsRepository
 from switchboard.store.database import utcnow
+from switchboard.store.spend import month_bounds as spent_month_bounds
 from switchboard.store.tenants import Tenant
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
@@ -35,10 +36,7 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     match = _MONTH.match(month or "")
     if match is None or not 1 <= int(match[2]) <= 12:
         raise InvalidRequest("'month' must be YYYY-MM, e.g. 2026-11", param="month")
-    year, number = int(match[1]), int(match[2])
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
-    return start, end
+    return spent_month_bounds(month)
 
 
 async def invoice_for(platform: Platform, tenant_ref: str, month: str) -> dict[str, Any]:

@@ -282,9 +282,7 @@ class PiiGuard:
         redact = False
         for _container, _key, text in request.prompt_texts:
             # Most prompts hold no PII: a C-speed look for what each kind needs comes first.
-            if not (self.email and "@" in text) and (
-                len(text) - len(text.translate(pii.DELETE_DIGITS)) < self.fewest_digits
-            ):
+            if not (self.email and "@" in text) and (pii.digit_count(text) < self.fewest_digits):
                 continue
             for span in pii.find(text, self.actions):
                 action = self.actions[span.kind]
@@ -437,7 +435,10 @@ class QuickClear:
                     return False
             if self.pii and (
                 (self.pii_email and "@" in text)
-                or len(text) - len(text.translate(pii.DELETE_DIGITS)) >= self.pii_digits
+                # pii.digit_count, inline
+                or len(raw := text.encode("utf-8", "surrogatepass"))
+                - len(raw.translate(None, pii.ASCII_DIGITS))
+                >= self.pii_digits
             ):
                 return False
         return True

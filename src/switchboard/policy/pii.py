@@ -85,8 +85,16 @@ DETECTORS: dict[str, Callable[[str], Iterable[Span]]] = {
 
 # What a text must contain before a detector's regex is worth running (checked in C, so
 # most texts, which hold no PII, cost almost nothing): an "@", or enough digits.
-DELETE_DIGITS = str.maketrans("", "", "0123456789")
+ASCII_DIGITS = b"0123456789"
 MIN_DIGITS = {"credit_card": 13, "phone": 8, "iban": 6}
+
+
+def digit_count(text: str) -> int:
+    """How many ASCII digits ``text`` holds. Counted on its UTF-8 bytes, where an ASCII digit
+    is always one byte of its own: ``bytes.translate`` deletes with a table in C, about ten
+    times faster than ``str.translate`` with a dict (which looks every character up)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    return len(raw) - len(raw.translate(None, ASCII_DIGITS))
 
 
 def fewest_digits(kinds: Iterable[str]) -> int:
@@ -97,7 +105,7 @@ def fewest_digits(kinds: Iterable[str]) -> int:
 def find(text: str, kinds: Iterable[str] = DETECTORS) -> list[Span]:
     """Non-overlapping spans of the given kinds, in text order."""
     found: list[Span] = []
-    digits = len(text) - len(text.translate(DELETE_DIGITS))
+    digits = digit_count(text)
     for kind in kinds:
         if digits < MIN_DIGITS.get(kind, 0) or (kind == "email" and "@" not in text):
             continue
