@@ -89,10 +89,10 @@ def limits_step(who: Caller) -> Callable[[int], object]:
     month = month_of(datetime.now(UTC))
     asyncio.run(limits.budgets.store.seed("tenant:ten_1", month, 0))
 
-    def demand() -> Demand:
+    def demand(_: object) -> Demand:
         return (10, 64)
 
-    def price() -> WorstPrice:
+    def price(*_: object) -> WorstPrice:
         return PRICE
 
     def step(_: int) -> None:
@@ -104,7 +104,7 @@ def limits_step(who: Caller) -> Callable[[int], object]:
             created_at=datetime.now(UTC),
             endpoint="chat",
         )
-        if not limits.admit_at_once(who, event, demand, price):
+        if not limits.admit_at_once(who, event, demand, None, price):
             raise SystemExit("the bench policy refused a request: raise its limits")
         event.tokens_input, event.tokens_output, event.cost_usd = 10, 9, 0.00001
         limits._flush_scheduled = True  # no event loop here: settle without scheduling a flush

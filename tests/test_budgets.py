@@ -216,7 +216,7 @@ async def admit(
     limits: RequestLimits, caller: Caller, *, prompt: int = 10, cap: int | None = 100, **kw: Any
 ) -> UsageEvent:
     event = new_event(caller, **kw)
-    await limits.admit(caller, event, lambda: (prompt, cap), lambda: PRICE)
+    await limits.admit(caller, event, lambda _: (prompt, cap), None, lambda *_: PRICE)
     return event
 
 

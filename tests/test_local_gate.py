@@ -79,7 +79,7 @@ async def _admit(
         endpoint="chat",
     )
     try:
-        await limits.admit(caller, event, lambda: demand, lambda: PRICE)
+        await limits.admit(caller, event, lambda _: demand, None, lambda *_: PRICE)
     except RateLimited as exc:
         # A budget's Retry-After counts to the month's end on the real clock: not compared.
         wait = "" if exc.code == "budget_exceeded" else exc.retry_after

@@ -1,14 +1,14 @@
 """Exact-match response cache, per tenant: the same request from the same tenant within the TTL
 gets the stored answer instead of an upstream call.
 
-The key is the tenant id and the request in canonical form: the endpoint and the body as JSON
-with sorted keys, leaving out what does not change the answer (``stream``, ``stream_options``,
-``user``), so a plain request and a streamed one share an entry. The in-process cache compares
-keys whole (no digest to compute, no collision possible); Redis stores each entry under a
-BLAKE2b-256 digest of the key, prefixed with the tenant id. The tenant id is part of every key:
-no tenant can ever be served another tenant's answer. A request opts out with
-``Cache-Control: no-cache`` (or ``no-store``). Two backends share one interface: in process
-(bounded LRU, one worker) and Redis (shared by every replica).
+The key is the tenant id, a NUL byte, and the request in canonical form: the endpoint and the
+body as JSON with sorted keys, leaving out what does not change the answer (``stream``,
+``stream_options``, ``user``), so a plain request and a streamed one share an entry. The
+in-process cache compares keys whole (no digest to compute, no collision possible); Redis
+stores each entry under a BLAKE2b-256 digest of the request, prefixed with the tenant id. The
+tenant id is part of every key: no tenant can ever be served another tenant's answer. A
+request opts out with ``Cache-Control: no-cache`` (or ``no-store``). Two backends share one
+interface: in process (bounded LRU, one worker) and Redis (shared by every replica).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from switchboard.providers.base import JSON
 
 _IGNORED = frozenset({"stream", "stream_options", "user"})
 
-CacheKey = tuple[str, bytes]  # (tenant id, the canonical request)
+# The tenant id (which never holds a NUL), NUL, the canonical request: one object, no tuple.
+CacheKey = bytes
 
 
 def cache_key(tenant_id: str, endpoint: str, body: JSON) -> CacheKey:
@@ -36,7 +37,8 @@ def cache_key(tenant_id: str, endpoint: str, body: JSON) -> CacheKey:
         if "stream" in body or "user" in body or "stream_options" in body  # _IGNORED, unrolled
         else body
     )
-    return tenant_id, orjson.dumps([endpoint, canonical], option=orjson.OPT_SORT_KEYS)
+    request = orjson.dumps([endpoint, canonical], option=orjson.OPT_SORT_KEYS)
+    return tenant_id.encode() + b"\0" + request
 
 
 def allows_cache(cache_control: str | None) -> bool:
@@ -109,9 +111,9 @@ class RedisCache:
         self._prefix = prefix
 
     def redis_key(self, key: CacheKey) -> str:
-        tenant_id, canonical = key
-        digest = hashlib.blake2b(canonical, digest_size=32).hexdigest()
-        return f"{self._prefix}{tenant_id}:{digest}"
+        tenant, _, request = key.partition(b"\0")
+        digest = hashlib.blake2b(request, digest_size=32).hexdigest()
+        return f"{self._prefix}{tenant.decode()}:{digest}"
 
     async def get(self, key: CacheKey) -> JSON | None:
         try:

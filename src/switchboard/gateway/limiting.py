@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from switchboard.auth.keys import Caller
 from switchboard.errors import RateLimited
@@ -35,7 +36,7 @@ from switchboard.gateway.budgeting import (
 )
 from switchboard.gateway.scopes import Demand, Plan, Scopes, Subject
 from switchboard.limits import Check, Limiter, MemoryLimiter, Rule, Scope, headers, rate_limited
-from switchboard.limits.budgets import BudgetStore, MemoryBudgets, month_of, to_nano
+from switchboard.limits.budgets import NANO, BudgetStore, MemoryBudgets, month_of, to_nano
 from switchboard.limits.local import Compiled, LocalGate
 from switchboard.metering.usage import UsageEvent
 
@@ -46,6 +47,9 @@ log = logging.getLogger("switchboard.limits")
 # plan's lease scopes, ``tokens`` in each of its token rules and ``amount`` nano-dollars of
 # ``month`` (empty without budgets) in each budgeted scope. A tuple: one is made per request.
 Held = tuple[Plan, int, int, str]
+
+DemandOf = Callable[[Any], Demand]  # the most tokens a request may use, from its body
+PriceOf = Callable[[Caller, str], WorstPrice]  # the dearest price a caller may pay for a model
 
 
 class RequestLimits:
@@ -95,19 +99,20 @@ class RequestLimits:
         self,
         caller: Caller,
         event: UsageEvent,
-        demand: Callable[[], Demand],
-        worst_price: Callable[[], WorstPrice],
+        demand_of: DemandOf,
+        request: Any,
+        price_of: PriceOf,
     ) -> bool:
         """Admit the request here and now when that takes no waiting: nothing limits it, or
-        the in-process stores take it whole (`limits.local`). False: ``await admit(...)``, which
-        decides in general and raises on a refusal."""
+        the in-process stores take it whole (`limits.local`). False: ``await
+        admit_in_general(...)``, which decides in general and raises on a refusal."""
         plan = self._scopes.plan(caller, event.user_id)
         if plan is None:
             return True
         memory = self._memory
         if memory is None:
             return False
-        tokens, amount, month = self._reservation(plan, event, demand, worst_price)
+        tokens, amount, month = self._reservation(plan, caller, event, demand_of, request, price_of)
         compiled = plan.compiled
         if not isinstance(compiled, Compiled) or compiled.generation != memory.generation:
             compiled = plan.compiled = self._compile(plan)
@@ -122,32 +127,38 @@ class RequestLimits:
         self,
         caller: Caller,
         event: UsageEvent,
-        demand: Callable[[], Demand],
-        worst_price: Callable[[], WorstPrice],
+        demand_of: DemandOf,
+        request: Any,
+        price_of: PriceOf,
     ) -> None:
-        """``demand`` and ``worst_price`` are only called when a token rule or a budget needs
-        them. Raises `RateLimited` or `BudgetExceeded`, having given back what it took."""
-        if not self.admit_at_once(caller, event, demand, worst_price):
-            await self.admit_in_general(caller, event, demand, worst_price)
+        """``demand_of(request)`` and ``price_of(caller, event.model)`` are only called when a
+        token rule or a budget needs them (passed apart, so that no closure is made per
+        request). Raises `RateLimited` or `BudgetExceeded`, having given back what it took."""
+        if not self.admit_at_once(caller, event, demand_of, request, price_of):
+            await self.admit_in_general(caller, event, demand_of, request, price_of)
 
     async def admit_in_general(
         self,
         caller: Caller,
         event: UsageEvent,
-        demand: Callable[[], Demand],
-        worst_price: Callable[[], WorstPrice],
+        demand_of: DemandOf,
+        request: Any,
+        price_of: PriceOf,
     ) -> None:
         """`admit` without the fast path: for when `admit_at_once` said False."""
         plan = self._scopes.plan(caller, event.user_id)
         if plan is not None:
-            await self._admit(plan, event, *self._reservation(plan, event, demand, worst_price))
+            held = self._reservation(plan, caller, event, demand_of, request, price_of)
+            await self._admit(plan, event, *held)
 
-    def _reservation(
+    def _reservation(  # noqa: PLR0917 -- the request's parts, passed apart: see `admit`
         self,
         plan: Plan,
+        caller: Caller,
         event: UsageEvent,
-        demand: Callable[[], Demand],
-        worst_price: Callable[[], WorstPrice],
+        demand_of: DemandOf,
+        request: Any,
+        price_of: PriceOf,
     ) -> tuple[int, int, str]:
         """(tokens against each token rule, nano-dollars against each budget, and its month)."""
         tokens = amount = 0
@@ -155,18 +166,18 @@ class RequestLimits:
         budgets = self.budgets
         budgeted = plan.budgeted and budgets is not None
         if plan.token_rules or budgeted:
-            prompt, cap = demand()
+            prompt, cap = demand_of(request)
             if plan.token_rules:
                 tokens = prompt + (cap or 0)
             if budgeted:
                 assert budgets is not None
                 # The worst case: the prompt estimate at the dearest input price, max_tokens
                 # (or the default) at the dearest output price.
-                price = worst_price()
+                price = price_of(caller, event.model)
                 if cap is None:
                     cap = budgets.default_max_tokens
                 worst = (prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6
-                amount = to_nano(worst)
+                amount = round(worst * NANO)  # to_nano, inline
                 month = month_of(event.created_at)
         return tokens, amount, month
 

@@ -17,7 +17,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, TypeVar
 
 import orjson
@@ -105,6 +104,7 @@ class Gateway:
         self.limits = limits or RequestLimits(MemoryLimiter())
         self.metrics = Metrics(known_model=self.catalog.__contains__)
         self._worst_prices: dict[tuple[str, str], tuple[float, WorstPrice]] = {}
+        self._price_of = self._worst_price  # bound once: the limits step may call it per request
 
     def visible_models(self, caller: Caller) -> list[str]:
         return visible_models(self.catalog, caller)
@@ -133,32 +133,28 @@ class Gateway:
     def catalog(self) -> ModelCatalog:
         return self.router.catalog
 
-    def _worst_price(self, caller: Caller, model: str) -> Callable[[], WorstPrice]:
+    def _worst_price(self, caller: Caller, model: str) -> WorstPrice:
         """The dearest price the model and its fallbacks could serve this tenant at (kept a
         minute per model and usage mode, so a new price version applies within a minute)."""
-
-        def worst() -> WorstPrice:
-            mode = caller.tenant.usage_mode
-            now = time.monotonic()
-            cached = self._worst_prices.get((model, mode))
-            if cached is not None and cached[0] > now:
-                return cached[1]
-            prices = [
-                d.price.current.price
-                for route in self.catalog.chain(model, mode)
-                for d in route.allowed(mode)
-                if d.price is not None
-            ]
-            found = WorstPrice(
-                max((p.input_per_1m for p in prices), default=0.0),
-                max((p.output_per_1m for p in prices), default=0.0),
-            )
-            if len(self._worst_prices) > 10_000:
-                self._worst_prices.clear()
-            self._worst_prices[(model, mode)] = (now + 60.0, found)
-            return found
-
-        return worst
+        mode = caller.tenant.usage_mode
+        now = time.monotonic()
+        cached = self._worst_prices.get((model, mode))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        prices = [
+            d.price.current.price
+            for route in self.catalog.chain(model, mode)
+            for d in route.allowed(mode)
+            if d.price is not None
+        ]
+        found = WorstPrice(
+            max((p.input_per_1m for p in prices), default=0.0),
+            max((p.output_per_1m for p in prices), default=0.0),
+        )
+        if len(self._worst_prices) > 10_000:
+            self._worst_prices.clear()
+        self._worst_prices[(model, mode)] = (now + 60.0, found)
+        return found
 
     @contextmanager
     def metered(self, caller: Caller, endpoint: str) -> Iterator[UsageEvent]:
@@ -235,9 +231,8 @@ class Gateway:
         nothing changes the answer after this, so it can be serialised once for both."""
         event.model = body["model"]
         check_model(caller, body["model"])  # a request it may not make costs no limits
-        demand, worst = partial(_chat_demand, body), self._worst_price(caller, body["model"])
-        if not self.limits.admit_at_once(caller, event, demand, worst):
-            await self.limits.admit_in_general(caller, event, demand, worst)
+        if not self.limits.admit_at_once(caller, event, _chat_demand, body, self._price_of):
+            await self.limits.admit_in_general(caller, event, _chat_demand, body, self._price_of)
         screened, refusal = screen(caller, body)
         if refusal is not None:
             event.refusal_reason = refusal
@@ -275,9 +270,8 @@ class Gateway:
     ) -> ClientStream:
         event.model = body["model"]
         check_model(caller, body["model"])  # a request it may not make costs no limits
-        demand, worst = partial(_chat_demand, body), self._worst_price(caller, body["model"])
-        if not self.limits.admit_at_once(caller, event, demand, worst):
-            await self.limits.admit_in_general(caller, event, demand, worst)
+        if not self.limits.admit_at_once(caller, event, _chat_demand, body, self._price_of):
+            await self.limits.admit_in_general(caller, event, _chat_demand, body, self._price_of)
         screened, refusal = screen(caller, body)
         if refusal is not None:
             event.refusal_reason = refusal
@@ -341,10 +335,8 @@ class Gateway:
     ) -> JSON:
         event.model = body["model"]
         check_model(caller, body["model"])
-        demand = lambda: (estimate_input_tokens(body["input"]), 0)  # noqa: E731
-        worst = self._worst_price(caller, body["model"])
-        if not self.limits.admit_at_once(caller, event, demand, worst):
-            await self.limits.admit_in_general(caller, event, demand, worst)
+        if not self.limits.admit_at_once(caller, event, _embed_demand, body, self._price_of):
+            await self.limits.admit_in_general(caller, event, _embed_demand, body, self._price_of)
         slot = self._cache_slot(caller, "embeddings", body, cache_control)
         if slot is not None:
             hit = await self._cached(slot, event, body["model"])
@@ -389,6 +381,10 @@ def _chat_demand(body: JSON) -> Demand:
     """What a chat request may use at most, as far as we can tell before it runs."""
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
     return estimate_prompt_tokens(body["messages"]), int(cap) if cap else None
+
+
+def _embed_demand(body: JSON) -> Demand:
+    return estimate_input_tokens(body["input"]), 0
 
 
 def _choice_tokens(choice: dict[str, Any]) -> int:
