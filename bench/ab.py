@@ -68,13 +68,19 @@ def wrk_round(wrk_script: Path, url: str, key: str, args: argparse.Namespace) ->
     raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
 
 
+def _prompt_seed() -> str:
+    """Where a run's prompt numbers start: 100,000 apart per millisecond, so no run repeats an
+    earlier one's prompts, and under 10^14, which wrk's Lua prints exactly."""
+    return str(time.time_ns() // 1_000_000 % 10**8 * 100_000)
+
+
 def _wrk_for_seconds(url: str, key: str, args: argparse.Namespace) -> tuple[float, int]:
     """A fixed-time round with a new prompt on every request (bench/wrk_unique.lua)."""
     script = ROOT / "bench" / "wrk_unique.lua"
     command = ["wrk", "-t1", f"-c{args.concurrency}", f"-d{args.seconds}s", "--timeout", "10s"]
     out = subprocess.run(
         [*command, "-s", str(script), url],
-        env={**os.environ, "WRK_KEY": key},
+        env={**os.environ, "WRK_KEY": key, "WRK_SEED": _prompt_seed()},
         capture_output=True,
         text=True,
         timeout=args.seconds + 60,

@@ -6,7 +6,21 @@
 -- Run it with -t1: each wrk thread has its own counter, so two threads would repeat prompts.
 local key = os.getenv("WRK_KEY") or ""
 local model = os.getenv("WRK_MODEL") or "fake-gpt"
-local counter = 0
+-- Each run starts its prompts at WRK_SEED: a run that started from 0 again would repeat the
+-- previous run's prompts, and find them in the cache if it kept them. The number is written in
+-- letters: digits in a prompt would send it through the PII detectors (6 digits or more can be
+-- an IBAN, 8 a phone number), which is not what this script measures.
+local counter = tonumber(os.getenv("WRK_SEED") or "0")
+
+local function letters(n)
+  local out = ""
+  repeat
+    local d = n % 26
+    out = string.char(97 + d) .. out
+    n = (n - d) / 26
+  until n == 0
+  return out
+end
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -16,6 +30,6 @@ function request()
   counter = counter + 1
   local body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are a helpful assistant."},' ..
                '{"role":"user","content":"Write one sentence about benchmarking HTTP proxies, number ' ..
-               counter .. '."}],"max_tokens":64,"temperature":0}'
+               letters(counter) .. '."}],"max_tokens":64,"temperature":0}'
   return wrk.format("POST", "/v1/chat/completions", nil, body)
 end
