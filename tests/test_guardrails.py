@@ -4,6 +4,7 @@ a guardrail registered as a plugin, and PII redaction that survives chunked stre
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,6 +62,26 @@ def test_luhn_and_iban_checksums() -> None:
 )
 def test_detectors(text: str, found: list[str]) -> None:
     assert kinds(text) == found
+
+
+def test_detector_patterns_match_what_their_readable_forms_match() -> None:
+    """pii.py writes the phone and card patterns so that `re` can skip to their first
+    character; the spans must be those of the plain forms its comment gives."""
+    readable = {
+        "phone": re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}"
+            r"(?:[\s.-]?\d{2,4}){2,4}(?!\w)"
+        ),
+        "card": re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)"),
+    }
+    fast = {"phone": pii._PHONE, "card": pii._CARD}
+    rng = random.Random(11)
+    alphabet = "0123456789" * 3 + " -.+()aZ_\n\t\u00e9"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 48)))
+        for kind, pattern in readable.items():
+            want = [m.span() for m in pattern.finditer(text)]
+            assert [m.span() for m in fast[kind].finditer(text)] == want, (kind, text)
 
 
 def test_digit_count_counts_ascii_digits_in_any_text() -> None:

@@ -12,11 +12,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# The phone and card patterns begin with the character a match begins with, and look behind
+# after it: `re` then skips straight to the candidates (a pattern that begins with a look-behind
+# is tried at every position). They match exactly what their readable forms match:
+#   phone: (?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}
+#          (?:[\s.-]?\d{2,4}){2,4}(?!\w)
+#   card:  (?<!\d)(?:\d[ -]?){12,18}\d(?!\d)
+# (tests/test_guardrails.py compares them on random texts).
 # International (+CC ...) or grouped national numbers, 8-15 digits in all.
 _PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}(?!\w)"
+    r"(?:\+(?<![\w+]\+)\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}"
+    r"|\((?<![\w+]\()\d{1,4}\)[\s.-]?\d{2,4}"
+    r"|\d(?<![\w+]\d)\d{1,3})"
+    r"(?:[\s.-]?\d{2,4}){2,4}(?!\w)"
 )
-_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_CARD = re.compile(r"\d(?<!\d\d)(?:[ -]?\d){12,18}(?!\d)")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 
 
