@@ -10,7 +10,8 @@ far better than the hot ones, and they are steady on a busy machine. Run by hand
 
 Steps, for the bare tenant and for `tenant-governed.json` (bench/):
 - admission and settlement (`RequestLimits`, in-process stores, budgets seeded);
-- the guardrails (`screen`);
+- the guardrails (`screen`), on a plain prompt, on one with numbers in it and on one with a
+  phone number;
 - the response cache on a miss (key, lookup, store) with 10,000 entries held.
 """
 
@@ -46,6 +47,16 @@ BODY: dict[str, Any] = {
     "model": "fake-gpt",
     "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
     "max_tokens": 64,
+}
+# Digits enough for the PII detectors to look, and nothing they report (a date, an amount);
+# then a phone number (the bench policy logs phone numbers).
+NUMBERS: dict[str, Any] = {
+    **BODY,
+    "messages": [{"role": "user", "content": "Summarise the 2026-11-23 meeting: 1250000 EUR."}],
+}
+PHONE: dict[str, Any] = {
+    **BODY,
+    "messages": [{"role": "user", "content": "Call me back on +49 30 1234 5678, thanks."}],
 }
 ANSWER: dict[str, Any] = {
     "id": "chatcmpl-1",
@@ -139,6 +150,8 @@ def main() -> None:
         ("admission + settlement, governed", lambda: limits_step(governed_caller)),
         ("guardrails, bare", lambda: lambda _: screen(bare_caller, BODY)),
         ("guardrails, governed", lambda: lambda _: screen(governed_caller, BODY)),
+        ("guardrails, governed, numbers", lambda: lambda _: screen(governed_caller, NUMBERS)),
+        ("guardrails, governed, a phone number", lambda: lambda _: screen(governed_caller, PHONE)),
         ("response cache miss (key, lookup, store)", cache_step),
     ]
     evict = bytearray(args.evict_bytes)

@@ -73,15 +73,37 @@ def test_detector_patterns_match_what_their_readable_forms_match() -> None:
             r"(?:[\s.-]?\d{2,4}){2,4}(?!\w)"
         ),
         "card": re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)"),
+        "iban": re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
     }
-    fast = {"phone": pii._PHONE, "card": pii._CARD}
+    fast = {"phone": pii._PHONE, "card": pii._CARD, "iban": pii._IBAN}
     rng = random.Random(11)
-    alphabet = "0123456789" * 3 + " -.+()aZ_\n\t\u00e9"
+    alphabets = {
+        "phone": "0123456789" * 3 + " -.+()aZ_\n\t\u00e9",
+        "card": "0123456789" * 3 + " -.+()aZ_\n\t\u00e9",
+        "iban": "0123456789DEGBXa \u00e9_-",
+    }
     for _ in range(20_000):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 48)))
         for kind, pattern in readable.items():
+            text = "".join(rng.choice(alphabets[kind]) for _ in range(rng.randint(0, 48)))
             want = [m.span() for m in pattern.finditer(text)]
             assert [m.span() for m in fast[kind].finditer(text)] == want, (kind, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "phones"),
+    [
+        ("meeting on 2026-11-23 at 14:30", []),
+        ("born 23.11.2026, due 11/30/2026", []),
+        ("on 2026-11-23 call 030 1234 5678", ["030 1234 5678"]),
+        ("call +49 30 1234 5678", ["+49 30 1234 5678"]),
+        ("0301-23-45", ["0301-23-45"]),  # no month 23: not a date
+        ("2026-13-01", ["2026-13-01"]),
+        ("45.11.2026", ["45.11.2026"]),
+    ],
+)
+def test_calendar_dates_are_not_phone_numbers(text: str, phones: list[str]) -> None:
+    found = [text[s.start : s.end] for s in pii.find(text) if s.kind == "phone"]
+    assert found == phones
 
 
 def test_digit_count_counts_ascii_digits_in_any_text() -> None:
@@ -332,6 +354,9 @@ _FRAGMENTS = [
     "order 12345678",
     "the year 2026",
     "BOMB",
+    "meeting on 2026-11-23 at 14:30",  # numbers, but nothing a detector reports
+    "a budget of 1250000 EUR for Q3",
+    "on 23.11.2026 call 030 1234 5678",
 ]
 _POLICIES = [
     GuardrailPolicy(

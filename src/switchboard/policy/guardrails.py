@@ -281,7 +281,8 @@ class PiiGuard:
     def inspect(self, request: GuardedRequest) -> None:
         redact = False
         for _container, _key, text in request.prompt_texts:
-            # Most prompts hold no PII: a C-speed look for what each kind needs comes first.
+            # Most prompts hold no PII: a C-speed look for what each kind needs comes first
+            # (QuickClear has already cleared most texts with numbers in them).
             if not (self.email and "@" in text) and (pii.digit_count(text) < self.fewest_digits):
                 continue
             for span in pii.find(text, self.actions):
@@ -410,6 +411,7 @@ class QuickClear:
     pii: bool
     pii_email: bool
     pii_digits: int
+    pii_kinds: frozenset[str]
     tools: bool
 
     def clears(self, body: JSON) -> bool:
@@ -435,10 +437,13 @@ class QuickClear:
                     return False
             if self.pii and (
                 (self.pii_email and "@" in text)
-                # pii.digit_count, inline
-                or len(raw := text.encode("utf-8", "surrogatepass"))
-                - len(raw.translate(None, pii.ASCII_DIGITS))
-                >= self.pii_digits
+                # pii.digit_count, inline: most texts have too few digits for any kind
+                or (
+                    len(raw := text.encode("utf-8", "surrogatepass"))
+                    - len(raw.translate(None, pii.ASCII_DIGITS))
+                    >= self.pii_digits
+                    and pii.might_hold(text, self.pii_kinds)
+                )
             ):
                 return False
         return True
@@ -467,5 +472,6 @@ def _quick(policy: GuardrailPolicy, registry_version: int) -> QuickClear | None:
         pii_guard is not None,
         pii_guard is not None and pii_guard.email,
         pii_guard.fewest_digits if pii_guard is not None else 0,
+        frozenset(pii_guard.actions) if pii_guard is not None else frozenset(),
         tools,
     )

@@ -8,7 +8,7 @@ its Luhn digit is right, and a string shaped like an IBAN is not one unless mod 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -27,7 +27,14 @@ _PHONE = re.compile(
     r"(?:[\s.-]?\d{2,4}){2,4}(?!\w)"
 )
 _CARD = re.compile(r"\d(?<!\d\d)(?:[ -]?\d){12,18}(?!\d)")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+# \b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b, beginning with its first letter.
+_IBAN = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+# Calendar dates (2026-11-23, 23.11.2026, 11/23/2026) have a phone number's shape: they are
+# taken out before phone numbers are looked for.
+_DATE = re.compile(
+    r"(?:\d(?<!\d\d)\d{3}([-/.])(\d\d?)\1(\d\d?)|\d(?<!\d\d)\d?([-/.])\d\d?\4\d{4})(?!\d)"
+)
+_NON_DIGIT = re.compile(r"\D")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +64,19 @@ def iban_ok(text: str) -> bool:
 
 
 def _digits(text: str) -> str:
-    return "".join(ch for ch in text if ch.isdigit())
+    return _NON_DIGIT.sub("", text)
+
+
+def _is_date(match: re.Match[str]) -> bool:
+    if match[1]:  # year first: month, then day
+        return 1 <= int(match[2]) <= 12 and 1 <= int(match[3]) <= 31
+    first, second = (int(part) for part in re.split(r"[-/.]", match[0])[:2])
+    return 1 <= min(first, second) <= 12 and max(first, second) <= 31
+
+
+def _without_dates(text: str) -> str:
+    """``text`` with every calendar date blanked out, the same length (spans stay valid)."""
+    return _DATE.sub(lambda m: "_" * len(m[0]) if _is_date(m) else m[0], text)
 
 
 def _find_email(text: str) -> Iterable[Span]:
@@ -79,7 +98,7 @@ def _find_iban(text: str) -> Iterable[Span]:
 
 
 def _find_phone(text: str) -> Iterable[Span]:
-    for m in _PHONE.finditer(text):
+    for m in _PHONE.finditer(_without_dates(text)):
         if 8 <= len(_digits(m.group())) <= 15:
             yield Span("phone", m.start(), m.end())
 
@@ -110,6 +129,21 @@ def digit_count(text: str) -> int:
 def fewest_digits(kinds: Iterable[str]) -> int:
     """The fewest digits a text needs before any of ``kinds`` but email can be in it."""
     return min((MIN_DIGITS[k] for k in kinds if k in MIN_DIGITS), default=1 << 30)
+
+
+def might_hold(text: str, kinds: Collection[str]) -> bool:
+    """False only if `find` would find nothing of ``kinds`` in ``text``; it builds no spans
+    and stops at the first finding. An "@" counts as a possible email. Most texts with numbers
+    in them (dates, amounts, versions) hold nothing a detector reports, and are cleared here
+    with a regular-expression search or two."""
+    if "email" in kinds and "@" in text:
+        return True
+    digits = digit_count(text)
+    for kind in kinds:
+        if kind != "email" and digits >= MIN_DIGITS.get(kind, 0):
+            for _ in DETECTORS[kind](text):
+                return True
+    return False
 
 
 def find(text: str, kinds: Iterable[str] = DETECTORS) -> list[Span]:
