@@ -14,6 +14,7 @@ Only 127.0.0.1 is a target; every round is bounded by its request count and wrk'
     python bench/ab.py --root-a /path/to/old/checkout                   # before/after
     python bench/ab.py --concurrency 1 --requests 4000 --rounds 6
     python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts   # cache misses
+    python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts --prompt-numbers
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ def _wrk_for_seconds(url: str, key: str, args: argparse.Namespace) -> tuple[floa
     command = ["wrk", "-t1", f"-c{args.concurrency}", f"-d{args.seconds}s", "--timeout", "10s"]
     out = subprocess.run(
         [*command, "-s", str(script), url],
-        env={**os.environ, "WRK_KEY": key, "WRK_SEED": _prompt_seed()},
+        env={
+            **os.environ,
+            "WRK_KEY": key,
+            "WRK_SEED": _prompt_seed(),
+            "WRK_NUMBERS": "1" if args.prompt_numbers else "0",
+        },
         capture_output=True,
         text=True,
         timeout=args.seconds + 60,
@@ -112,6 +118,11 @@ def main() -> None:
         help="a new prompt on every request (response-cache misses); rounds of --seconds",
     )
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument(
+        "--prompt-numbers",
+        action="store_true",
+        help="with --unique-prompts: a date and an amount in every prompt (no PII in them)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")

@@ -11,6 +11,9 @@ local model = os.getenv("WRK_MODEL") or "fake-gpt"
 -- letters: digits in a prompt would send it through the PII detectors (6 digits or more can be
 -- an IBAN, 8 a phone number), which is not what this script measures.
 local counter = tonumber(os.getenv("WRK_SEED") or "0")
+-- WRK_NUMBERS=1 adds a date and an amount to every prompt, as real prompts often have: digits
+-- enough for the PII detectors to look, and nothing they report.
+local numbers = os.getenv("WRK_NUMBERS") == "1" and " Due 2026-11-23, budget 1250000 EUR." or ""
 
 local function letters(n)
   local out = ""
@@ -30,6 +33,6 @@ function request()
   counter = counter + 1
   local body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are a helpful assistant."},' ..
                '{"role":"user","content":"Write one sentence about benchmarking HTTP proxies, number ' ..
-               letters(counter) .. '."}],"max_tokens":64,"temperature":0}'
+               letters(counter) .. '.' .. numbers .. '"}],"max_tokens":64,"temperature":0}'
   return wrk.format("POST", "/v1/chat/completions", nil, body)
 end

@@ -89,6 +89,24 @@ def test_detector_patterns_match_what_their_readable_forms_match() -> None:
             assert [m.span() for m in fast[kind].finditer(text)] == want, (kind, text)
 
 
+def test_might_hold_is_false_only_when_find_finds_nothing() -> None:
+    rng = random.Random(5)
+    pieces = [
+        "call +49 30 1234 5678", "2026-11-23", "23.11.2026", "1250000 EUR", "order 12345678",
+        f"card {VALID_CARD}", f"card {INVALID_CARD}", f"IBAN {VALID_IBANS[0]}", "a@b.io",
+        "the year 2026", "hello", "030 1234", "5678", "+44", "(030)",
+    ]  # fmt: skip
+    kind_sets = [set(pii.DETECTORS), {"phone"}, {"credit_card", "iban"}, {"email"}, set()]
+    for _ in range(3_000):
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+        kinds = rng.choice(kind_sets)
+        found = pii.find(text, kinds)
+        if "@" in text and "email" in kinds:
+            assert pii.might_hold(text, kinds)
+        else:
+            assert pii.might_hold(text, kinds) == bool(found), (text, kinds)
+
+
 @pytest.mark.parametrize(
     ("text", "phones"),
     [

@@ -98,7 +98,11 @@ def _find_iban(text: str) -> Iterable[Span]:
 
 
 def _find_phone(text: str) -> Iterable[Span]:
-    for m in _PHONE.finditer(_without_dates(text)):
+    return _phones(_without_dates(text))
+
+
+def _phones(dateless: str) -> Iterable[Span]:
+    for m in _PHONE.finditer(dateless):
         if 8 <= len(_digits(m.group())) <= 15:
             yield Span("phone", m.start(), m.end())
 
@@ -111,6 +115,9 @@ DETECTORS: dict[str, Callable[[str], Iterable[Span]]] = {
     "phone": _find_phone,
 }
 
+
+# The kinds whose candidates a checksum confirms: (kind, its pattern, its detector).
+_CHECKSUMMED = (("iban", _IBAN, _find_iban), ("credit_card", _CARD, _find_card))
 
 # What a text must contain before a detector's regex is worth running (checked in C, so
 # most texts, which hold no PII, cost almost nothing): an "@", or enough digits.
@@ -135,14 +142,23 @@ def might_hold(text: str, kinds: Collection[str]) -> bool:
     """False only if `find` would find nothing of ``kinds`` in ``text``; it builds no spans
     and stops at the first finding. An "@" counts as a possible email. Most texts with numbers
     in them (dates, amounts, versions) hold nothing a detector reports, and are cleared here
-    with a regular-expression search or two."""
+    by a digit count and a regular-expression search or two, all in C."""
     if "email" in kinds and "@" in text:
         return True
     digits = digit_count(text)
-    for kind in kinds:
-        if kind != "email" and digits >= MIN_DIGITS.get(kind, 0):
-            for _ in DETECTORS[kind](text):
-                return True
+    for kind, pattern, finder in _CHECKSUMMED:
+        # A search first: it finds no candidate, in C, for most texts.
+        if (
+            kind in kinds
+            and digits >= MIN_DIGITS[kind]
+            and pattern.search(text)
+            and any(True for _ in finder(text))
+        ):
+            return True
+    if "phone" in kinds and digits >= MIN_DIGITS["phone"]:
+        dateless = _without_dates(text)  # a date's digits make no phone number
+        if digit_count(dateless) >= MIN_DIGITS["phone"] and _PHONE.search(dateless):
+            return any(True for _ in _phones(dateless))
     return False
 
 
