@@ -68,10 +68,16 @@ def _digits(text: str) -> str:
 
 
 def _is_date(match: re.Match[str]) -> bool:
+    """A real month and day, and a year from 1900 to 2099 (0301-12-12 is a phone number)."""
+    text = match[0]
     if match[1]:  # year first: month, then day
-        return 1 <= int(match[2]) <= 12 and 1 <= int(match[3]) <= 31
-    first, second = (int(part) for part in re.split(r"[-/.]", match[0])[:2])
-    return 1 <= min(first, second) <= 12 and max(first, second) <= 31
+        year = int(text[:4])
+        month_day_ok = 1 <= int(match[2]) <= 12 and 1 <= int(match[3]) <= 31
+    else:  # day and month in either order, then the year
+        year = int(text[-4:])
+        first, second = (int(part) for part in re.split(r"[-/.]", text)[:2])
+        month_day_ok = 1 <= min(first, second) <= 12 and max(first, second) <= 31
+    return month_day_ok and 1900 <= year <= 2099
 
 
 def _without_dates(text: str) -> str:
