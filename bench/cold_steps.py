@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from policy_overhead import ANSWER, caller
 
 from switchboard.auth.keys import Caller
 from switchboard.gateway.budgeting import WorstPrice
@@ -38,9 +39,6 @@ from switchboard.gateway.screening import screen
 from switchboard.limits import MemoryLimiter
 from switchboard.limits.budgets import MemoryBudgets, month_of
 from switchboard.metering.usage import UsageEvent
-from switchboard.policy.tenant_config import TenantConfig
-from switchboard.store.keys import ApiKey
-from switchboard.store.tenants import Tenant
 
 HERE = Path(__file__).parent
 BODY: dict[str, Any] = {
@@ -58,27 +56,7 @@ PHONE: dict[str, Any] = {
     **BODY,
     "messages": [{"role": "user", "content": "Call me back on +49 30 1234 5678, thanks."}],
 }
-ANSWER: dict[str, Any] = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1_700_000_000,
-    "model": "fake-gpt",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "The sea is wide. It is deep."},
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
-}
 PRICE = WorstPrice(0.15, 0.6)
-
-
-def caller(policy: dict[str, Any]) -> Caller:
-    now = datetime.now(UTC)
-    key = ApiKey("key_1", "ten_1", "bench", "sk-sb-xx", now, None, None)
-    return Caller(key, Tenant("ten_1", "bench", "bench", "hybrid", now), TenantConfig(**policy))
 
 
 def timed(step: Callable[[int], object], calls: int, evict: bytearray | None) -> float:

@@ -33,9 +33,7 @@ CacheKey = bytes
 
 def cache_key(tenant_id: str, endpoint: str, body: JSON) -> CacheKey:
     canonical = (
-        {k: v for k, v in body.items() if k not in _IGNORED}
-        if "stream" in body or "user" in body or "stream_options" in body  # _IGNORED, unrolled
-        else body
+        body if _IGNORED.isdisjoint(body) else {k: v for k, v in body.items() if k not in _IGNORED}
     )
     request = orjson.dumps([endpoint, canonical], option=orjson.OPT_SORT_KEYS)
     return tenant_id.encode() + b"\0" + request

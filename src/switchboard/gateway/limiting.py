@@ -36,7 +36,7 @@ from switchboard.gateway.budgeting import (
 )
 from switchboard.gateway.scopes import Demand, Plan, Scopes, Subject
 from switchboard.limits import Check, Limiter, MemoryLimiter, Rule, Scope, headers, rate_limited
-from switchboard.limits.budgets import NANO, BudgetStore, MemoryBudgets, month_of, to_nano
+from switchboard.limits.budgets import BudgetStore, MemoryBudgets, month_of, to_nano
 from switchboard.limits.local import Compiled, LocalGate
 from switchboard.metering.usage import UsageEvent
 
@@ -177,7 +177,7 @@ class RequestLimits:
                 if cap is None:
                     cap = budgets.default_max_tokens
                 worst = (prompt * price.input_per_1m + cap * price.output_per_1m) / 1e6
-                amount = round(worst * NANO)  # to_nano, inline
+                amount = to_nano(worst)
                 month = month_of(event.created_at)
         return tokens, amount, month
 

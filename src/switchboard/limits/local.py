@@ -85,10 +85,6 @@ class LocalGate:
         self._lease_seconds = lease_seconds
         self._durations: dict[int, bytes] = {}  # reset in whole ms -> its header text
 
-    def fresh(self, compiled: Compiled) -> bool:
-        """Whether ``compiled`` still holds the limiter's live buckets and lease lists."""
-        return compiled.generation == self._limiter.generation
-
     def compile(
         self,
         rules: Sequence[tuple[Scope, Rule]],

@@ -80,7 +80,7 @@ class MemoryLimiter:
         # alike.
         now = self.clock()
         buckets = self._buckets
-        read: list[tuple[BucketKey, Scope, Rule, int, float, float]] = []
+        read: list[tuple[BucketKey, Bucket | None, Scope, Rule, int, float, float]] = []
         allowed = True
         for scope, rule, cost in checks if distinct else merge_checks(checks):
             key: BucketKey = (scope, rule.name, rule.window_seconds)
@@ -90,13 +90,12 @@ class MemoryLimiter:
             late = (tat - now) + (need if need > 1 else 1) * rule.interval - rule.window_seconds
             if late > EPS:
                 allowed = False
-            read.append((key, scope, rule, cost, tat, late))
+            read.append((key, found, scope, rule, cost, tat, late))
         states = []
-        for key, scope, rule, cost, before, late in read:
+        for key, found, scope, rule, cost, before, late in read:
             tat = before
             if allowed and cost > 0:
                 tat = before + cost * rule.interval
-                found = buckets.get(key)
                 if found is None:
                     buckets[key] = Bucket(tat)
                 else:

@@ -408,10 +408,9 @@ class QuickClear:
 
     needles: tuple[str, ...]  # every plain pattern, lower-cased
     regexes: tuple[re.Pattern[str], ...]
-    pii: bool
-    pii_email: bool
-    pii_digits: int
-    pii_kinds: frozenset[str]
+    pii_kinds: frozenset[str]  # the PII guard's kinds; empty without one
+    pii_email: bool  # emails among them: an "@" may be one
+    pii_digits: int  # the fewest digits any other kind needs
     tools: bool
 
     def clears(self, body: JSON) -> bool:
@@ -435,15 +434,11 @@ class QuickClear:
             for regex in regexes:
                 if regex.search(text):
                     return False
-            if self.pii and (
-                (self.pii_email and "@" in text)
-                # pii.digit_count, inline: most texts have too few digits for any kind
-                or (
-                    len(raw := text.encode("utf-8", "surrogatepass"))
-                    - len(raw.translate(None, pii.ASCII_DIGITS))
-                    >= self.pii_digits
-                    and pii.might_hold(text, self.pii_kinds)
-                )
+            if (
+                self.pii_kinds
+                # Most texts hold no "@" and too few digits: a C-speed look decides first.
+                and ((self.pii_email and "@" in text) or pii.digit_count(text) >= self.pii_digits)
+                and pii.might_hold(text, self.pii_kinds)
             ):
                 return False
         return True
@@ -469,9 +464,8 @@ def _quick(policy: GuardrailPolicy, registry_version: int) -> QuickClear | None:
     return QuickClear(
         tuple(needles),
         tuple(regexes),
-        pii_guard is not None,
+        frozenset(pii_guard.actions) if pii_guard is not None else frozenset(),
         pii_guard is not None and pii_guard.email,
         pii_guard.fewest_digits if pii_guard is not None else 0,
-        frozenset(pii_guard.actions) if pii_guard is not None else frozenset(),
         tools,
     )

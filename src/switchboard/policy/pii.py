@@ -104,7 +104,15 @@ def _find_iban(text: str) -> Iterable[Span]:
 
 
 def _find_phone(text: str) -> Iterable[Span]:
-    return _phones(_without_dates(text))
+    dateless = _phone_text(text)
+    return () if dateless is None else _phones(dateless)
+
+
+def _phone_text(text: str) -> str | None:
+    """``text`` without its dates, or None when what is left has too few digits for a phone
+    number (a date's digits make none)."""
+    dateless = _without_dates(text)
+    return dateless if digit_count(dateless) >= MIN_DIGITS["phone"] else None
 
 
 def _phones(dateless: str) -> Iterable[Span]:
@@ -127,7 +135,7 @@ _CHECKSUMMED = (("iban", _IBAN, _find_iban), ("credit_card", _CARD, _find_card))
 
 # What a text must contain before a detector's regex is worth running (checked in C, so
 # most texts, which hold no PII, cost almost nothing): an "@", or enough digits.
-ASCII_DIGITS = b"0123456789"
+_ASCII_DIGITS = b"0123456789"
 MIN_DIGITS = {"credit_card": 13, "phone": 8, "iban": 6}
 
 
@@ -136,7 +144,7 @@ def digit_count(text: str) -> int:
     is always one byte of its own: ``bytes.translate`` deletes with a table in C, about ten
     times faster than ``str.translate`` with a dict (which looks every character up)."""
     raw = text.encode("utf-8", "surrogatepass")
-    return len(raw) - len(raw.translate(None, ASCII_DIGITS))
+    return len(raw) - len(raw.translate(None, _ASCII_DIGITS))
 
 
 def fewest_digits(kinds: Iterable[str]) -> int:
@@ -148,12 +156,12 @@ def might_hold(text: str, kinds: Collection[str]) -> bool:
     """False only if `find` would find nothing of ``kinds`` in ``text``; it builds no spans
     and stops at the first finding. An "@" counts as a possible email. Most texts with numbers
     in them (dates, amounts, versions) hold nothing a detector reports, and are cleared here
-    by a digit count and a regular-expression search or two, all in C."""
+    by a digit count and a regular-expression search or two, in C: a detector (a generator)
+    only runs when its pattern finds a candidate."""
     if "email" in kinds and "@" in text:
         return True
     digits = digit_count(text)
     for kind, pattern, finder in _CHECKSUMMED:
-        # A search first: it finds no candidate, in C, for most texts.
         if (
             kind in kinds
             and digits >= MIN_DIGITS[kind]
@@ -162,8 +170,8 @@ def might_hold(text: str, kinds: Collection[str]) -> bool:
         ):
             return True
     if "phone" in kinds and digits >= MIN_DIGITS["phone"]:
-        dateless = _without_dates(text)  # a date's digits make no phone number
-        if digit_count(dateless) >= MIN_DIGITS["phone"] and _PHONE.search(dateless):
+        dateless = _phone_text(text)
+        if dateless is not None and _PHONE.search(dateless):
             return any(True for _ in _phones(dateless))
     return False
 
