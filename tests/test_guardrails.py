@@ -431,6 +431,50 @@ def test_the_quick_clear_decides_as_the_chain_does(seed: int) -> None:
     assert 40 < cleared < 360  # both ways were taken
 
 
+def test_a_conversation_s_cleared_turns_are_not_looked_at_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(guardrails, "_cleared", guardrails.ClearedTexts(limit_chars=10_000))
+    policy = GuardrailPolicy(sensitive_prompt_patterns=("password",), pii_actions={"email": "log"})
+    history = [{"role": "user", "content": f"turn {i}: tell me about the sea"} for i in range(5)]
+    assert guardrails.screen_prompt(policy, {"model": "m", "messages": history})[1] is None
+    assert len(guardrails._cleared) == 5
+    looked_at: list[str] = []
+    real_lower = str.lower
+
+    class Spy(str):
+        def lower(self) -> str:
+            looked_at.append(str(self))
+            return real_lower(self)
+
+    # The next turn: equal texts (new objects, as a fresh request parses them) and one new one.
+    turn = [{"role": "user", "content": Spy(m["content"])} for m in history]
+    turn.append({"role": "user", "content": Spy("and the ocean?")})
+    assert guardrails.screen_prompt(policy, {"model": "m", "messages": turn})[1] is None
+    assert looked_at == ["and the ocean?"]
+
+
+def test_a_text_cleared_under_one_policy_is_still_checked_under_another() -> None:
+    text = "my password is hunter2"
+    lenient = GuardrailPolicy(sensitive_prompt_patterns=("credit card",))
+    strict = GuardrailPolicy(sensitive_prompt_patterns=("password",))
+    assert guardrails.screen_prompt(lenient, chat(text))[1] is None
+    assert guardrails.screen_prompt(strict, chat(text))[1] == (
+        "The request contains sensitive content."
+    )
+
+
+def test_the_cleared_texts_are_bounded_by_their_characters() -> None:
+    quick = guardrails._quick(GuardrailPolicy(blocked_tools=("x",)), guardrails._version[0])
+    assert quick is not None
+    cleared = guardrails.ClearedTexts(limit_chars=100)
+    for i in range(30):
+        cleared.add((quick, f"{i:010d}"))  # ten characters each
+        assert len(cleared) <= 10
+    assert (quick, f"{29:010d}") in cleared
+    assert (quick, f"{0:010d}") not in cleared
+
+
 @pytest.mark.usefixtures("shouting_guardrail")
 def test_an_extension_in_the_chain_turns_the_quick_clear_off() -> None:
     policy = GuardrailPolicy(blocked_tools=("x",))
