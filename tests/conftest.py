@@ -231,6 +231,10 @@ models:
     deployments: [{provider: anthropic-fake, model: claude-3-5-haiku-20241022}]
   - name: claude-broken
     deployments: [{provider: anthropic-fake, model: error-500}]
+  - name: claude-overloaded
+    deployments: [{provider: anthropic-fake, model: error-529}]
+  - name: claude-overloaded-mid-stream
+    deployments: [{provider: anthropic-fake, model: stream-overloaded}]
 """
     if bedrock_url is not None:
         provider = f"""  - name: bedrock-fake

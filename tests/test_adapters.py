@@ -30,6 +30,7 @@ from switchboard.errors import (
     InvalidRequest,
     RateLimited,
     SwitchboardError,
+    UpstreamOverloaded,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -440,6 +441,7 @@ async def test_image(upstream: Upstream, provider: Provider) -> None:
 
 ERRORS: list[tuple[int, type[SwitchboardError], int]] = [
     (500, UpstreamUnavailable, 502),
+    (503, UpstreamOverloaded, 503),
     (429, RateLimited, 429),
     (400, InvalidRequest, 400),
 ]

@@ -219,6 +219,20 @@ def test_openai_sees_anthropic_upstream_errors_as_502(openai_client: openai.Open
         openai_client.embeddings.create(model="claude-fake", input="x")
 
 
+def test_an_overloaded_anthropic_upstream_is_a_503_to_openai_clients(
+    openai_client: openai.OpenAI,
+) -> None:
+    """Anthropic's 529 (overloaded) is retried, then answered with 503, which clients retry
+    later; not 502 as if the upstream were broken."""
+    with pytest.raises(openai.InternalServerError) as err:
+        openai_client.chat.completions.create(
+            model="claude-overloaded", messages=[{"role": "user", "content": "x"}]
+        )
+    assert err.value.status_code == 503
+    assert err.value.code == "upstream_overloaded"
+    assert "529" in err.value.message
+
+
 # --- (b) Anthropic clients, any upstream ----------------------------------------------------
 
 
@@ -389,6 +403,7 @@ def test_messages_bad_requests(gateway: RunningGateway, body: Any, fragment: str
     [
         ("broken", 502, anthropic.InternalServerError, "api_error"),
         ("claude-broken", 502, anthropic.InternalServerError, "api_error"),
+        ("claude-overloaded", 503, anthropic.InternalServerError, "overloaded_error"),
         ("limited", 429, anthropic.RateLimitError, "rate_limit_error"),
         ("upstream-rejects", 400, anthropic.BadRequestError, "invalid_request_error"),
         ("slow", 504, anthropic.InternalServerError, "timeout_error"),
@@ -426,6 +441,19 @@ def test_messages_stream_broken_mid_way_ends_with_an_error_event(
         "error": {"type": "api_error", "message": err.value.body["error"]["message"]},  # type: ignore[index]
     }
     assert "broke off" in str(err.value)
+
+
+def test_messages_stream_overloaded_mid_way_ends_with_an_overloaded_error(
+    claude: anthropic.Anthropic,
+) -> None:
+    with (
+        pytest.raises(anthropic.APIStatusError) as err,
+        claude.messages.stream(
+            model="claude-overloaded-mid-stream", max_tokens=100, messages=user("a b c")
+        ) as stream,
+    ):
+        list(stream.text_stream)
+    assert err.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
 
 
 def test_messages_are_metered_once_each(gateway: RunningGateway) -> None:

@@ -15,6 +15,7 @@ from switchboard.errors import (
     InvalidRequest,
     RateLimited,
     SwitchboardError,
+    UpstreamOverloaded,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -166,6 +167,14 @@ async def test_retry_after_is_honoured_and_capped() -> None:
     router, slept = router_for([ModelRoute("m", (deployment("m", a),))], backoff_max=4.0)
     await router.run("m", "hybrid", Attempts(), call_chat())
     assert slept == [1.5, 4.0]
+
+
+async def test_an_overloaded_upstream_is_retried_after_the_time_it_asked_for() -> None:
+    a = Scripted("a")
+    a.script = [UpstreamOverloaded("overloaded (529)", retry_after=2.0)]
+    router, slept = router_for([ModelRoute("m", (deployment("m", a),))], backoff_max=4.0)
+    await router.run("m", "hybrid", Attempts(), call_chat())
+    assert slept == [2.0]
 
 
 async def test_client_errors_are_not_retried_and_do_not_trip_the_breaker() -> None:

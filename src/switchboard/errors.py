@@ -18,6 +18,7 @@ with ``raise ... from exc``.
     │       └── BudgetExceeded           the monthly budget is spent              429
     └── UpstreamError                    the model provider failed                5xx
         ├── UpstreamUnavailable          connect refused, reset, bad reply        502
+        │   └── UpstreamOverloaded       the provider is overloaded (503, 529)    503
         ├── UpstreamRejected             the provider refused our request         502
         └── UpstreamTimeout              connect or read timed out                504
 """
@@ -33,6 +34,7 @@ class SwitchboardError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    retry_after: float | None = None  # seconds; sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -107,6 +109,19 @@ class UpstreamError(SwitchboardError):
 
 class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
+
+
+class UpstreamOverloaded(UpstreamUnavailable):
+    """The provider said it is overloaded (503, Anthropic's 529, Bedrock's
+    ServiceUnavailableException): retried and failed over like any unavailable upstream, and
+    answered with 503 and the provider's Retry-After, so clients back off and retry."""
+
+    status_code = 503
+    code = "upstream_overloaded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UpstreamRejected(UpstreamError):

@@ -59,9 +59,7 @@ def error_body(path: str, exc: SwitchboardError) -> dict[str, object]:
 
 
 def error_headers(exc: SwitchboardError) -> list[tuple[bytes, bytes]]:
-    if not isinstance(exc, RateLimited):
-        return []
-    out = list(exc.headers)
+    out = list(exc.headers) if isinstance(exc, RateLimited) else []
     if exc.retry_after is not None:
         out.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
     return out

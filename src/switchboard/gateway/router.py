@@ -179,7 +179,7 @@ class Router:
 
     def _backoff(self, attempt: int, last: SwitchboardError) -> float:
         cap = self._config.backoff_max_seconds
-        if isinstance(last, RateLimited) and last.retry_after is not None:
+        if last.retry_after is not None:  # the upstream said when (429, 503)
             return min(last.retry_after, cap)
         base = self._config.backoff_base_seconds * 2.0 ** (attempt - 1)
         return min(base * (0.5 + self._rng.random()), cap)

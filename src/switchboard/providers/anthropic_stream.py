@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from switchboard.errors import UpstreamUnavailable
+from switchboard.errors import UpstreamOverloaded, UpstreamUnavailable
 from switchboard.providers.anthropic_format import completion_id, finish_reason, openai_usage
 from switchboard.providers.base import JSON
 from switchboard.providers.openai_shapes import chunk
@@ -88,10 +88,9 @@ class AnthropicStreamDecoder:
             chunks.append(usage_chunk)
         elif kind == "error":
             error = event.get("error") or {}
-            raise UpstreamUnavailable(
-                f"Anthropic error mid-stream: {error.get('type', 'error')}: "
-                f"{error.get('message', 'no details')}"
-            )
+            kind = error.get("type", "error")
+            fails = UpstreamOverloaded if kind == "overloaded_error" else UpstreamUnavailable
+            raise fails(f"Anthropic error mid-stream: {kind}: {error.get('message', 'no details')}")
         # ping, content_block_stop and event types added later carry nothing to relay
 
     def _take_usage(self, usage: Any) -> None:

@@ -31,6 +31,7 @@ from switchboard.errors import (
     InvalidRequest,
     RateLimited,
     SwitchboardError,
+    UpstreamOverloaded,
     UpstreamUnavailable,
 )
 from switchboard.providers.base import JSON
@@ -330,6 +331,8 @@ def stream_error(exception_type: str | None, payload: bytes, provider: str) -> S
         return RateLimited(message, code="upstream_rate_limited")
     if status == 400:
         return InvalidRequest(message, code="upstream_bad_request")
+    if status == 503:
+        return UpstreamOverloaded(message)
     return UpstreamUnavailable(message)
 
 

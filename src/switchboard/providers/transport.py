@@ -16,6 +16,7 @@ from switchboard.errors import (
     InvalidRequest,
     RateLimited,
     SwitchboardError,
+    UpstreamOverloaded,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -148,13 +149,21 @@ def status_error(
     if status in (400, 413, 422):
         code = CONTEXT_WINDOW if _CONTEXT.search(message) else "upstream_bad_request"
         return InvalidRequest(f"provider {provider!r} rejected the request: {message}", code=code)
-    if status in (401, 403):
+    if status in (401, 403, 404):
         # The upstream's words may quote our credentials; say only what the operator must fix.
-        return UpstreamRejected(f"provider {provider!r} refused the gateway's credentials")
-    if status == 404:
-        return UpstreamRejected(f"provider {provider!r} does not know this model: {message}")
+        reason = (
+            f"does not know this model: {message}"
+            if status == 404
+            else "refused the gateway's credentials"
+        )
+        return UpstreamRejected(f"provider {provider!r} {reason}")
     if status in (408, 504):
         return UpstreamTimeout(f"provider {provider!r} timed out ({status})")
+    if status in (503, 529):
+        return UpstreamOverloaded(
+            f"provider {provider!r} is overloaded ({status}): {message}",
+            retry_after=_seconds(retry_after),
+        )
     return UpstreamUnavailable(f"provider {provider!r} failed with {status}: {message}")
 
 
