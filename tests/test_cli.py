@@ -9,6 +9,7 @@ import io
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -407,6 +408,7 @@ def test_doctor_all_ok(
     assert f"config: {config}: 2 providers, 2 models" in text
     assert "database: sqlite+aiosqlite:///" in text
     assert "reachable, schema current" in text
+    assert "shared state: limits and budgets are counted in the one worker" in text
     assert f"provider openai-fake: {fake_openai.url}/v1: reachable, 3 models listed" in text
     assert f"provider ollama-fake: {fake_ollama.url}: reachable" in text
     assert "sk-upstream-secret" not in text + result.stderr
@@ -427,9 +429,11 @@ def test_doctor_warns_but_passes(
     )
     # no `migrate`: the fresh database's schema is behind
 
-    result = ok(cli("doctor", env={"SWITCHBOARD_CONFIG": str(config)}))
+    result = ok(cli("doctor", env={"SWITCHBOARD_CONFIG": str(config), "SWITCHBOARD_WORKERS": "3"}))
 
     text = result.stdout
+    assert "[WARN] shared state: 3 workers count rate limits" in text
+    assert "fix: set SWITCHBOARD_LIMITS_URL to a Redis" in text
     assert "[WARN] database:" in text
     assert "fix: run `switchboard migrate`" in text
     assert "[WARN] model unpulled: ollama-fake does not list 'mistral:7b'" in text
@@ -489,3 +493,25 @@ providers:
     assert str(bad) in proc.stderr
     assert "listening" not in proc.stderr + proc.stdout
     assert not (data_dir / "switchboard.db").exists()  # stopped before touching the database
+
+
+def test_serve_warns_when_workers_would_split_the_limits(data_dir: Path) -> None:
+    with socket.socket() as taken:  # the port is taken, so serve stops after the warning
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_subprocess(["serve", "--workers", "2", "--port", str(port)], data_dir)
+    assert proc.returncode != 0
+    assert "warning: 2 workers count rate limits" in proc.stderr
+    assert "SWITCHBOARD_LIMITS_URL" in proc.stderr
+
+
+def test_doctor_finds_limits_counted_per_worker() -> None:
+    from switchboard.doctor import shared_state
+    from switchboard.settings import Settings
+
+    assert shared_state(Settings(workers=1)).level == "ok"
+    assert shared_state(Settings(workers=4, limits_url="redis://127.0.0.1:6379/0")).level == "ok"
+    finding = shared_state(Settings(workers=4))
+    assert finding.level == "warn"
+    assert "up to 4 times its limits" in finding.detail

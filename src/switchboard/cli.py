@@ -70,6 +70,7 @@ def serve(
 
     from switchboard.api.http_protocol import CorkedHttpToolsProtocol
     from switchboard.auth.admin import ensure_admin_key
+    from switchboard.doctor import shared_state
     from switchboard.runtime import print_admin_key
     from switchboard.store import Database
 
@@ -77,6 +78,12 @@ def serve(
     gateway_config = _load(settings)  # a broken file stops here, before anything listens
     if config is not None:  # worker processes build their settings from the environment
         os.environ["SWITCHBOARD_CONFIG"] = str(config.resolve())
+    if workers is not None:
+        os.environ["SWITCHBOARD_WORKERS"] = str(workers)
+        settings = settings.model_copy(update={"workers": workers})
+    sharing = shared_state(settings)
+    if sharing.level != "ok":
+        typer.echo(f"switchboard: warning: {sharing.detail}; {sharing.fix}", err=True)
 
     async def prepare() -> str | None:
         db = Database(settings.resolved_database_url())
@@ -99,7 +106,7 @@ def serve(
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
-        workers=workers or settings.workers,
+        workers=settings.workers,
         loop="uvloop",
         http=CorkedHttpToolsProtocol,
         access_log=settings.access_log,
@@ -126,7 +133,7 @@ def doctor(
     ] = None,
 ) -> None:
     """Check the config, the database, every provider and the running gateway's breakers."""
-    from switchboard.doctor import diagnose, live_findings
+    from switchboard.doctor import diagnose, live_findings, shared_state
     from switchboard.store import Database
 
     settings = _settings(config)
@@ -139,7 +146,7 @@ def doctor(
     async def run() -> bool:
         db = Database(settings.resolved_database_url())
         try:
-            findings = await diagnose(gateway_config, error, db)
+            findings = [*await diagnose(gateway_config, error, db), shared_state(settings)]
         finally:
             await db.dispose()
         url = server or f"http://{settings.host}:{settings.port}"

@@ -14,6 +14,7 @@ from switchboard.config import GatewayConfig, ProviderConfig
 from switchboard.errors import SwitchboardError
 from switchboard.metering.prices import PriceTable
 from switchboard.providers import build_provider
+from switchboard.settings import Settings
 from switchboard.store import Database
 
 Level = Literal["ok", "warn", "fail"]
@@ -103,6 +104,23 @@ async def live_findings(url: str, admin_key: str | None) -> list[Finding]:
     except (aiohttp.ClientError, TimeoutError):
         return [Finding("breakers", "ok", f"no gateway running at {url}; nothing to check")]
     return breaker_findings(data["data"])
+
+
+def shared_state(settings: Settings) -> Finding:
+    """Several workers without Redis: each keeps its own rate limits, concurrency slots and
+    budget counters, so a tenant gets up to that many times what its policy allows."""
+    workers = settings.workers
+    if workers == 1 or settings.limits_url:
+        where = "in Redis" if settings.limits_url else "in the one worker"
+        return Finding("shared state", "ok", f"limits and budgets are counted {where}")
+    return Finding(
+        "shared state",
+        "warn",
+        f"{workers} workers count rate limits, concurrency and budgets each on their own: a "
+        f"tenant can get up to {workers} times its limits and spend up to {workers} times its "
+        "budget",
+        "set SWITCHBOARD_LIMITS_URL to a Redis (e.g. redis://127.0.0.1:6379/0), or run one worker",
+    )
 
 
 async def _database(db: Database) -> Finding:

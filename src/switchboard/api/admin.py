@@ -17,7 +17,7 @@ from switchboard.api.admin_access import Access, access
 from switchboard.api.context import runtime
 from switchboard.api.http import JSONResponse, read_json, validated
 from switchboard.auth import rbac
-from switchboard.doctor import breaker_findings, diagnose
+from switchboard.doctor import breaker_findings, diagnose, shared_state
 from switchboard.errors import InvalidRequest
 from switchboard.metering import report
 from switchboard.policy.tenant_config import TenantConfig
@@ -263,7 +263,7 @@ async def routing(request: Request) -> Response:
 async def doctor(request: Request) -> Response:
     rt = await _admin(request)
     findings = await diagnose(rt.config, None, rt.platform.db)
-    findings += breaker_findings(routing_state(rt))
+    findings += [shared_state(rt.settings), *breaker_findings(routing_state(rt))]
     ok = all(f.level != "fail" for f in findings)
     return JSONResponse({"ok": ok, "findings": [plain(f) for f in findings]})
 
