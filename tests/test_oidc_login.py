@@ -24,7 +24,7 @@ from switchboard.auth.external import ExternalIdentity
 from switchboard.auth.identity_providers import OidcSettings, RoleMapping, map_identity
 from switchboard.auth.oidc import LoginState, OidcClient
 from switchboard.auth.secretbox import SecretBox
-from switchboard.errors import AuthenticationFailed, PermissionDenied
+from switchboard.errors import AuthenticationFailed, PermissionDenied, UpstreamUnavailable
 from switchboard.platform import Platform
 from switchboard.store import Database
 
@@ -63,7 +63,17 @@ USERS = {
     "unverified": oidc_provider.User(
         sub="u-1", email="u@example.org", name="U", email_verified=False
     ),
+    # In more groups than fit in an Entra token: the last one makes them a tenant admin.
+    "many": oidc_provider.User(
+        sub="CCCC-many",
+        email="many@contoso.example",
+        name="Many Groups",
+        groups=[f"00000000-0000-4000-8000-{i:012d}" for i in range(250)],
+        home_tenant=ENTRA_TID,
+    ),
 }
+ADMINS_GROUP = f"00000000-0000-4000-8000-{249:012d}"
+GRAPH_SCOPES = ["openid", "email", "profile", "https://graph.microsoft.com/GroupMember.Read.All"]
 
 
 def fake_clients() -> dict[str, oidc_provider.Client]:
@@ -263,6 +273,51 @@ async def test_entra_multi_tenant_issuer(idp: ServerThread, client: OidcClient) 
         await login(client, cfg, "eve")
 
 
+async def test_entra_group_overage_reads_the_groups_from_graph(
+    idp: ServerThread, client: OidcClient
+) -> None:
+    """Over 200 groups, Entra sends a claim source instead of the groups: they are read from
+    Microsoft Graph with the sign-in's access token, and the role rules see all of them."""
+    cfg = entra(idp, graph_url=f"{idp.url}/graph", scopes=GRAPH_SCOPES)
+    who = await login(client, cfg, "many")
+    assert who.claims["_claim_names"] == {"groups": "src1"}  # the token held no groups
+    assert len(who.groups) == 250
+    assert who.groups[-1] == ADMINS_GROUP
+    assert idp.app.state.provider.graph_requests[-1] == {"securityEnabledOnly": False}
+    mapping = RoleMapping.model_validate(
+        {"role_rules": [{"value": ADMINS_GROUP, "role": "tenant_admin"}], "default_role": "user"}
+    )
+    assert map_identity(who, mapping).role == "tenant_admin"
+    few = await login(client, cfg, "eve")  # groups in the token: Graph is not asked
+    assert few.groups == tuple(USERS["eve"].groups)
+    assert len(idp.app.state.provider.graph_requests) == 1
+
+
+async def test_entra_group_overage_without_the_graph_permission_is_refused(
+    idp: ServerThread, client: OidcClient
+) -> None:
+    """Mapped as if in no group, an admin would silently become a plain user (or nobody):
+    the sign-in is refused and says what to grant instead."""
+    cfg = entra(idp, graph_url=f"{idp.url}/graph")  # no GroupMember.Read.All scope
+    with pytest.raises(AuthenticationFailed, match=r"GroupMember\.Read\.All") as err:
+        await login(client, cfg, "many")
+    assert err.value.code == "oidc_groups_unavailable"
+    idp.app.state.tamper = {"hasgroups": True}  # the implicit flow's overage flag
+    with pytest.raises(AuthenticationFailed, match="too many groups"):
+        await login(client, cfg, "eve")
+
+
+async def test_entra_group_overage_with_graph_down(idp: ServerThread, client: OidcClient) -> None:
+    cfg = entra(idp, graph_url="http://127.0.0.1:9", scopes=GRAPH_SCOPES)  # nothing listens
+    with pytest.raises(UpstreamUnavailable, match="Microsoft Graph"):
+        await login(client, cfg, "many")
+
+
+def test_graph_url_must_be_https() -> None:
+    with pytest.raises(ValueError, match="https"):
+        OidcSettings(issuer="https://login.example", client_id="x", graph_url="http://graph.ms")
+
+
 async def test_unverified_email_is_refused(idp: ServerThread, client: OidcClient) -> None:
     with pytest.raises(PermissionDenied, match="verified"):
         await login(client, keycloak(idp), "unverified")
@@ -358,7 +413,11 @@ ENTRA_MAPPING = {
 
 
 def add_provider(
-    gw: RunningGateway, idp: ServerThread, style: str = "keycloak", **extra: Any
+    gw: RunningGateway,
+    idp: ServerThread,
+    style: str = "keycloak",
+    mapping: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> tuple[str, str]:
     """A tenant with one OIDC provider registered at the fake; (tenant slug, provider name)."""
     slug = f"oidc-{secrets.token_hex(3)}"
@@ -369,7 +428,7 @@ def add_provider(
             "issuer": f"{idp.url}/realms/{REALM}",
             "client_id": CLIENT_ID,
         }
-        mapping: dict[str, Any] = KEYCLOAK_MAPPING
+        mapping = mapping or KEYCLOAK_MAPPING
     else:
         settings = {
             "kind": "oidc",
@@ -378,7 +437,7 @@ def add_provider(
             "token_auth_method": "client_secret_post",
             "allowed_tenant_ids": [ENTRA_TID],
         }
-        mapping = ENTRA_MAPPING
+        mapping = mapping or ENTRA_MAPPING
     created = gw.admin(
         "POST",
         f"/admin/v1/tenants/{slug}/identity-providers",
@@ -449,6 +508,21 @@ def test_full_flow_through_the_gateway(
     assert me.json()["external_subject"].endswith("|" + USERS[user].sub)
     dept = asyncio.run(department_name(gateway, slug, me.json()["department_id"]))
     assert dept == department
+
+
+@pytest.mark.slow
+def test_entra_group_overage_through_the_gateway(
+    gateway: RunningGateway, idp: ServerThread
+) -> None:
+    mapping = {"role_rules": [{"value": ADMINS_GROUP, "role": "tenant_admin"}]}
+    slug, name = add_provider(
+        gateway, idp, "entra", mapping, graph_url=f"{idp.url}/graph", scopes=GRAPH_SCOPES
+    )
+    with browser() as client:
+        sign_in(gateway, slug, name, "many", client)
+        tokens = collect(gateway, client)
+    assert tokens.status_code == 200, tokens.text
+    assert tokens.json()["user"]["role"] == "tenant_admin"
 
 
 @pytest.mark.slow

@@ -19,6 +19,13 @@ code (unknown, used before, expired, or issued to another client or redirect URI
 ``invalid_grant``; a code is good once), and the PKCE ``code_verifier`` against the challenge.
 ID tokens are RS256-signed with the key JWKS lists first.
 
+Entra's group overage: a user in more than 200 groups gets no ``groups`` claim but
+``_claim_names``/``_claim_sources`` pointing at the (retired) Azure AD Graph, as Entra sends them.
+A small Microsoft Graph answers ``POST /graph/v1.0/me/getMemberGroups`` for the access tokens
+this provider issued: the user's group ids when the token's scope holds
+``GroupMember.Read.All`` (or ``Directory.Read.All``), else Graph's 403
+``Authorization_RequestDenied``; 401 ``InvalidAuthenticationToken`` for any other token.
+
 Switches on ``app.state``: ``tamper`` (claims to override in the next ID tokens, e.g.
 ``{"aud": "other"}``, ``{"exp": 0}``, ``{"nonce": "x"}``), ``sign_with_foreign_key`` (sign with
 a key JWKS does not list), and `rotate_keys()` (a new signing key, published first).
@@ -44,6 +51,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 CODE_TTL = 60
+ENTRA_GROUPS_IN_TOKEN = 200  # more, and Entra sends a group overage claim instead
+GRAPH_GROUP_SCOPES = ("GroupMember.Read.All", "Directory.Read.All")
 MULTI_TENANT = ("common", "organizations")  # Entra's endpoints for any directory
 ID_TOKEN_TTL = 300
 
@@ -77,6 +86,7 @@ class _Code:
     issuer: str
     style: str
     expires: float
+    scope: str = ""
     used: bool = False
 
 
@@ -112,6 +122,8 @@ class _Provider:
         self.foreign = _new_key()
         self.codes: dict[str, _Code] = {}
         self.token_requests: list[dict[str, str]] = []
+        self.access_tokens: dict[str, tuple[str, str]] = {}  # token -> (user, scope)
+        self.graph_requests: list[dict[str, Any]] = []
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -197,6 +209,7 @@ class _Provider:
             issuer=issuer,
             style=style,
             expires=time.time() + CODE_TTL,
+            scope=q.get("scope", ""),
         )
         return back(code=code)
 
@@ -235,12 +248,14 @@ class _Provider:
         verifier = form.get("code_verifier", "")
         if not verifier or not secrets.compare_digest(s256(verifier), grant.challenge):
             return _oauth_error("invalid_grant", "PKCE verification failed")
+        access_token = secrets.token_urlsafe(32)
+        self.access_tokens[access_token] = (grant.user, grant.scope)
         return _json(
             {
-                "access_token": secrets.token_urlsafe(32),
+                "access_token": access_token,
                 "token_type": "Bearer",
                 "expires_in": 300,
-                "scope": "openid email profile",
+                "scope": grant.scope,
                 "id_token": self.id_token(request, grant),
             }
         )
@@ -278,6 +293,11 @@ class _Provider:
                 claims["iss"] = grant.issuer.replace(f"/{tid}/", f"/{user.home_tenant}/")
                 tid = str(user.home_tenant)
             claims.update(tid=tid, oid=user.sub, ver="2.0", roles=user.roles, groups=user.groups)
+            if len(user.groups) > ENTRA_GROUPS_IN_TOKEN:
+                del claims["groups"]
+                endpoint = f"https://graph.windows.net/{tid}/users/{user.sub}/getMemberObjects"
+                claims["_claim_names"] = {"groups": "src1"}
+                claims["_claim_sources"] = {"src1": {"endpoint": endpoint}}
             if user.department:
                 claims["extension_Department"] = user.department
         claims.update(getattr(request.app.state, "tamper", {}))
@@ -286,6 +306,25 @@ class _Provider:
 
     def rotate_keys(self) -> None:
         self.keys.insert(0, _new_key())
+
+    # -- Microsoft Graph ---------------------------------------------------------------------
+
+    async def member_groups(self, request: Request) -> Response:
+        body = orjson.loads(await request.body() or b"{}")
+        self.graph_requests.append(body)
+        header = request.headers.get("authorization", "")
+        found = self.access_tokens.get(header.removeprefix("Bearer "))
+        if not header.startswith("Bearer ") or found is None:
+            error = {"code": "InvalidAuthenticationToken", "message": "Access token is empty."}
+            return _json({"error": error}, 401)
+        login, scope = found
+        if not any(s.endswith(g) for s in scope.split() for g in GRAPH_GROUP_SCOPES):
+            error = {
+                "code": "Authorization_RequestDenied",
+                "message": "Insufficient privileges to complete the operation.",
+            }
+            return _json({"error": error}, 403)
+        return _json({"value": self.users[login].groups})
 
 
 def create_app(clients: dict[str, Client], users: dict[str, User]) -> Starlette:
@@ -302,6 +341,7 @@ def create_app(clients: dict[str, Client], users: dict[str, User]) -> Starlette:
             Route(f"{entra}/oauth2/v2.0/authorize", provider.authorize),
             Route(f"{entra}/oauth2/v2.0/token", provider.token, methods=["POST"]),
             Route(f"{entra}/discovery/v2.0/keys", provider.jwks),
+            Route("/graph/v1.0/me/getMemberGroups", provider.member_groups, methods=["POST"]),
         ]
     )
     app.state.provider = provider

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from switchboard.auth.entra_groups import GRAPH_URL
 from switchboard.auth.external import ExternalIdentity
 from switchboard.errors import PermissionDenied
 
@@ -120,16 +121,19 @@ class OidcSettings(_Strict):
     allowed_tenant_ids: list[str] = Field(default_factory=list)
     # Where the browser goes after login: a path on this gateway's own origin.
     return_path: str = "/"
+    # Entra ID: where a user's groups are read when there are too many for the token
+    # (national clouds: https://graph.microsoft.us, https://microsoftgraph.chinacloudapi.cn).
+    graph_url: str = GRAPH_URL
 
-    @field_validator("issuer")
+    @field_validator("issuer", "graph_url")
     @classmethod
-    def _issuer_url(cls, value: str) -> str:
+    def _https_url(cls, value: str) -> str:
         parts = urlsplit(value)
         loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
         if not parts.hostname or not (
             parts.scheme == "https" or (parts.scheme == "http" and loopback)
         ):
-            raise ValueError("issuer must be an https URL (http only on this machine's loopback)")
+            raise ValueError("must be an https URL (http only on this machine's loopback)")
         return value.rstrip("/")
 
     @field_validator("return_path")

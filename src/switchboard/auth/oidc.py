@@ -29,6 +29,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from switchboard.auth.entra_groups import has_overage, member_groups
 from switchboard.auth.external import ExternalIdentity
 from switchboard.auth.identity_providers import OidcSettings, claim_values
 from switchboard.auth.secretbox import SecretBox
@@ -215,6 +216,11 @@ class OidcClient:
         if not isinstance(id_token, str):
             raise _bad_token("is missing from the token response")
         claims = await self.validate(cfg, found, id_token, state.nonce)
+        if has_overage(claims, cfg.groups_claim):  # Entra: too many groups for the token
+            groups = await member_groups(
+                self._http, cfg.graph_url, token.get("access_token"), self._timeout
+            )
+            claims = {**claims, cfg.groups_claim: groups}
         return _identity(cfg, claims)
 
     async def _key_set(self, jwks_uri: str, kid: str | None, *, refresh: bool) -> KeySet:
