@@ -45,11 +45,10 @@ _MAX_DURATIONS = 4096
 class LocalRule:
     """One rate rule of a plan, with the bucket it counts in."""
 
-    __slots__ = ("bucket", "by_tokens", "interval", "limit", "limit_header", "window")
+    __slots__ = ("bucket", "interval", "limit", "limit_header", "window")
 
     def __init__(self, bucket: Bucket, rule: Rule) -> None:
         self.bucket = bucket
-        self.by_tokens = rule.name == "tokens"  # costs the request's tokens, else 1
         self.interval = rule.interval
         self.window = rule.window_seconds
         self.limit = rule.limit
@@ -59,19 +58,19 @@ class LocalRule:
 class Compiled:
     """A plan in the form `LocalGate.try_admit` reads."""
 
-    __slots__ = ("budgets", "generation", "has_requests", "has_tokens", "leases", "rules")
+    __slots__ = ("budgets", "generation", "leases", "requests", "tokens")
 
     def __init__(
         self,
         generation: int,
-        rules: tuple[LocalRule, ...],
+        requests: tuple[LocalRule, ...],
+        tokens: tuple[LocalRule, ...],
         leases: tuple[tuple[Leases, int], ...],
         budgets: tuple[tuple[Scope, int], ...],
     ) -> None:
         self.generation = generation
-        self.rules = rules  # requests rules first, then token rules
-        self.has_requests = any(not r.by_tokens for r in rules)
-        self.has_tokens = any(r.by_tokens for r in rules)
+        self.requests = requests  # rules a request costs 1 in
+        self.tokens = tokens  # rules a request costs its tokens in
         self.leases = leases  # (the scope's lease list, most at once)
         self.budgets = budgets  # (scope, monthly limit in nano-dollars)
 
@@ -91,12 +90,20 @@ class LocalGate:
         leases: Sequence[tuple[Scope, int]],
         budgets: Sequence[tuple[Scope, int]],
     ) -> Compiled:
-        """``rules``: requests rules first, then token rules."""
         limiter = self._limiter
         limiter.maybe_sweep(limiter.clock())  # the tables grow here too
+
+        def local(name: str) -> tuple[LocalRule, ...]:
+            return tuple(
+                LocalRule(limiter.bucket(scope, rule), rule)
+                for scope, rule in rules
+                if rule.name == name
+            )
+
         return Compiled(
             limiter.generation,
-            tuple(LocalRule(limiter.bucket(scope, rule), rule) for scope, rule in rules),
+            local("requests"),
+            local("tokens"),
             tuple((limiter.leases(scope), most) for scope, most in leases),
             tuple(budgets) if self._budgets is not None else (),
         )
@@ -109,12 +116,16 @@ class LocalGate:
         headers; or, unless all of them fit, take nothing and return None."""
         now = self._limiter.clock()
         # Read and check. `late` is base.py's formula, in the same order of operations; a full
-        # bucket (tat not after now) always fits, as the formula gives.
-        for rule in plan.rules:
+        # bucket (tat not after now) always fits, as the formula gives. A request needs one
+        # free unit of a requests rule (its cost, 1, capped by a limit of at least 1).
+        for rule in plan.requests:
+            tat = rule.bucket.tat
+            if tat > now and (tat - now) + rule.interval - rule.window > EPS:
+                return None
+        for rule in plan.tokens:
             tat = rule.bucket.tat
             if tat > now:
-                cost = tokens if rule.by_tokens else 1
-                need = cost if cost < rule.limit else rule.limit
+                need = tokens if tokens < rule.limit else rule.limit
                 if (tat - now) + (need if need > 1 else 1) * rule.interval - rule.window > EPS:
                     return None
         for held, most in plan.leases:
@@ -131,27 +142,12 @@ class LocalGate:
                     return None  # a counter to seed from the ledger, or refused: general path
             for scope, _ in plan.budgets:
                 counters[(scope, month)] += amount
-        # Everything fits: write, and find the tightest rule of each kind (fewest remaining,
-        # then the longest reset, as `base.headers` picks).
-        requests: tuple[LocalRule, int, float] | None = None
-        by_tokens: tuple[LocalRule, int, float] | None = None
-        for rule in plan.rules:
-            bucket = rule.bucket
-            tat = bucket.tat if bucket.tat > now else now
-            cost = tokens if rule.by_tokens else 1
-            if cost > 0:
-                tat += cost * rule.interval
-                bucket.tat = tat
-            backlog = tat - now
-            free = math.floor((rule.window - backlog) / rule.interval + EPS)
-            limit = rule.limit
-            remaining = limit if free > limit else (free if free > 0 else 0)
-            best = by_tokens if rule.by_tokens else requests
-            if best is None or remaining < best[1] or (remaining == best[1] and backlog > best[2]):
-                if rule.by_tokens:
-                    by_tokens = (rule, remaining, backlog)
-                else:
-                    requests = (rule, remaining, backlog)
+        # Everything fits: write, and say how much is left of the tightest rule of each kind.
+        out: Headers = []
+        if plan.requests:
+            out += self._take(plan.requests, 1, now, REQUESTS_HEADERS)
+        if plan.tokens:
+            out += self._take(plan.tokens, tokens, now, TOKENS_HEADERS)
         if plan.leases:
             deadline = now + self._lease_seconds
             for held, _ in plan.leases:
@@ -159,18 +155,34 @@ class LocalGate:
                     held.append(deadline)
                 else:
                     bisect.insort(held, deadline)
-        out: Headers = []
-        durations, ceil = self._durations, math.ceil  # _duration's memo, looked up inline
-        for tightest, names in ((requests, REQUESTS_HEADERS), (by_tokens, TOKENS_HEADERS)):
-            if tightest is not None:
-                rule, remaining, backlog = tightest
-                reset = durations.get(ceil(backlog * 1000 - 1e-6)) or self._duration(backlog)
-                out += (
-                    (names[0], rule.limit_header),
-                    (names[1], b"%d" % remaining),
-                    (names[2], reset),
-                )
         return out
+
+    def _take(
+        self, rules: tuple[LocalRule, ...], cost: int, now: float, names: tuple[bytes, ...]
+    ) -> Headers:
+        """Take ``cost`` from every rule's bucket; the x-ratelimit headers of the tightest
+        (fewest remaining, then the longest reset, as `base.headers` picks)."""
+        tightest = rules[0]
+        fewest, longest = -1, 0.0
+        for rule in rules:
+            bucket = rule.bucket
+            tat = bucket.tat
+            tat = tat if tat > now else now
+            if cost > 0:
+                tat += cost * rule.interval
+                bucket.tat = tat
+            backlog = tat - now
+            free = math.floor((rule.window - backlog) / rule.interval + EPS)
+            limit = rule.limit
+            remaining = limit if free > limit else (free if free > 0 else 0)
+            if fewest < 0 or remaining < fewest or (remaining == fewest and backlog > longest):
+                tightest, fewest, longest = rule, remaining, backlog
+        reset = self._durations.get(math.ceil(longest * 1000 - 1e-6)) or self._duration(longest)
+        return [
+            (names[0], tightest.limit_header),
+            (names[1], b"%d" % fewest),
+            (names[2], reset),
+        ]
 
     def release(self, plan: Compiled) -> bool:
         """Give back the oldest live lease in each of the plan's lease lists, as
