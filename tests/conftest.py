@@ -47,6 +47,23 @@ async def redis_or_fail(why: str) -> Redis:
     return client
 
 
+async def delete_redis_prefix(client: Redis, prefix: str) -> None:
+    """Delete one test's keys (every test uses a prefix of its own; they share one Redis)."""
+    keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+
+
+class Clock:
+    """A clock the test moves (``clock.now += seconds``), for code that takes ``clock=``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 PG_ADMIN_DSN = os.environ.get(
     "SWITCHBOARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
+from conftest import Clock
 from switchboard.config import BreakerConfig
 from switchboard.gateway.breaker import CircuitBreaker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def state_of(b: CircuitBreaker) -> str:
@@ -24,7 +17,7 @@ def breaker(clock: Clock, **config: float) -> CircuitBreaker:
 
 
 def test_opens_after_consecutive_failures() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     b = breaker(clock, failure_threshold=3, cooldown_seconds=10)
     for _ in range(2):
         b.record_failure()
@@ -37,7 +30,7 @@ def test_opens_after_consecutive_failures() -> None:
 
 
 def test_a_success_resets_the_consecutive_count() -> None:
-    b = breaker(Clock(), failure_threshold=3)
+    b = breaker(Clock(50.0), failure_threshold=3)
     b.record_failure()
     b.record_failure()
     b.record_success()
@@ -47,7 +40,7 @@ def test_a_success_resets_the_consecutive_count() -> None:
 
 
 def test_opens_on_failure_rate_over_a_full_window() -> None:
-    b = breaker(Clock(), failure_threshold=100, failure_rate=0.5, window=10)
+    b = breaker(Clock(50.0), failure_threshold=100, failure_rate=0.5, window=10)
     for i in range(9):
         (b.record_failure if i % 2 else b.record_success)()
     assert state_of(b) == "closed"  # window not full yet
@@ -56,7 +49,7 @@ def test_opens_on_failure_rate_over_a_full_window() -> None:
 
 
 def test_half_open_lets_exactly_one_probe_through() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     b = breaker(clock, failure_threshold=1, cooldown_seconds=5)
     b.record_failure()
     clock.now += 4.9
@@ -71,7 +64,7 @@ def test_half_open_lets_exactly_one_probe_through() -> None:
 
 
 def test_a_failed_probe_opens_it_again_for_a_full_cooldown() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     b = breaker(clock, failure_threshold=1, cooldown_seconds=5)
     b.record_failure()
     clock.now += 6
@@ -85,7 +78,7 @@ def test_a_failed_probe_opens_it_again_for_a_full_cooldown() -> None:
 
 
 def test_a_probe_without_verdict_frees_the_slot() -> None:
-    clock = Clock()
+    clock = Clock(50.0)
     b = breaker(clock, failure_threshold=1, cooldown_seconds=5)
     b.record_failure()
     clock.now += 6

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from conftest import REDIS_URL, redis_or_fail
+from conftest import REDIS_URL, delete_redis_prefix, redis_or_fail
 from switchboard.auth.keys import Caller
 from switchboard.errors import BudgetExceeded, RateLimited
 from switchboard.gateway.budgeting import BudgetAlert, WorstPrice
@@ -69,9 +69,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
         yield Stores(limiter, RedisBudgets(limiter), "redis")
     finally:
         await limiter.aclose()
-        keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
-        if keys:
-            await client.delete(*keys)
+        await delete_redis_prefix(client, prefix)
         await client.aclose()
 
 
@@ -138,9 +136,7 @@ async def test_two_redis_stores_share_counters() -> None:
     finally:
         await first.aclose()
         await second.aclose()
-        keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
-        if keys:
-            await client.delete(*keys)
+        await delete_redis_prefix(client, prefix)
         await client.aclose()
 
 

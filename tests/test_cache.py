@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from conftest import Clock
 from switchboard.gateway.assemble import assemble, replay
 from switchboard.gateway.cache import (
     MemoryCache,
@@ -21,14 +22,6 @@ from switchboard.gateway.cache import (
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _require_redis() -> None:
@@ -46,7 +39,7 @@ async def cache(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[ResponseCache, Clock | None]]:
     if request.param == "memory":
-        clock = Clock()
+        clock = Clock(100.0)
         yield MemoryCache(max_entries=3, clock=clock), clock
         return
     await _require_redis()
@@ -81,7 +74,7 @@ async def test_set_get_and_expiry(cache: tuple[ResponseCache, Clock | None]) -> 
 
 
 async def test_memory_cache_is_bounded_lru() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     backend = MemoryCache(max_entries=2, clock=clock)
     a, b, c = (b"t1\0" + name for name in (b"a", b"b", b"c"))
     await backend.set(a, b'{"v":1}', 60)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from conftest import Clock
 from switchboard.auth.keys import REFRESH_AHEAD, Caller, KeyAuthenticator
 from switchboard.errors import AuthenticationFailed
 from switchboard.store.keys import ApiKey, KeyRepository
@@ -22,14 +23,6 @@ SECRET = "sk-sb-the-only-key"
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 TENANT = Tenant("ten_1", "acme", "Acme", "hybrid", NOW)
 KEY = ApiKey("key_1", TENANT.id, "ci", "sk-sb-the-", NOW, None, None)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeKeys(KeyRepository):
@@ -83,7 +76,7 @@ def keys() -> FakeKeys:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(0.0)
 
 
 @pytest.fixture

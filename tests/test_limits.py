@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
-from conftest import REDIS_URL, redis_or_fail
+from conftest import REDIS_URL, Clock, delete_redis_prefix, redis_or_fail
 from switchboard.errors import RateLimited
 from switchboard.limits import (
     Decision,
@@ -44,14 +44,6 @@ TENANT = tenant_scope("t1")
 KEY = key_scope("k1")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Harness:
     limiter: Limiter
@@ -66,12 +58,6 @@ class Harness:
 
 async def _redis_or_fail() -> Redis:
     return await redis_or_fail("the limiter tests")
-
-
-async def _delete_prefix(client: Redis, prefix: str) -> None:
-    keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
-    if keys:
-        await client.delete(*keys)
 
 
 @pytest.fixture
@@ -100,7 +86,7 @@ async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(limiter, "redis", asyncio.sleep, 0.05, prefix)
     finally:
         await limiter.aclose()
-        await _delete_prefix(client, prefix)
+        await delete_redis_prefix(client, prefix)
         await client.aclose()
 
 
@@ -393,7 +379,7 @@ async def test_redis_keys_expire_when_they_stop_mattering(raw_redis: Redis) -> N
         assert 4_900 < await raw_redis.pttl(limiter.lease_key(KEY)) <= 5_001
     finally:
         await limiter.aclose()
-        await _delete_prefix(raw_redis, prefix)
+        await delete_redis_prefix(raw_redis, prefix)
 
 
 async def test_redis_reloads_its_script_after_a_flush(raw_redis: Redis) -> None:
@@ -406,7 +392,7 @@ async def test_redis_reloads_its_script_after_a_flush(raw_redis: Redis) -> None:
         assert (await limiter.admit([(TENANT, RPM5, 1)])).states[0].remaining == 3
     finally:
         await limiter.aclose()
-        await _delete_prefix(raw_redis, prefix)
+        await delete_redis_prefix(raw_redis, prefix)
 
 
 async def test_two_redis_limiters_share_their_limits(raw_redis: Redis) -> None:
@@ -426,7 +412,7 @@ async def test_two_redis_limiters_share_their_limits(raw_redis: Redis) -> None:
     finally:
         await one.aclose()
         await two.aclose()
-        await _delete_prefix(raw_redis, prefix)
+        await delete_redis_prefix(raw_redis, prefix)
 
 
 async def test_a_burst_queues_for_the_bounded_pool(raw_redis: Redis) -> None:
@@ -439,7 +425,7 @@ async def test_a_burst_queues_for_the_bounded_pool(raw_redis: Redis) -> None:
         assert sum(d.allowed for d in results) == 100
     finally:
         await limiter.aclose()
-        await _delete_prefix(raw_redis, prefix)
+        await delete_redis_prefix(raw_redis, prefix)
 
 
 async def test_unreachable_redis_fails_open_with_one_warning(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conftest import Clock
 from switchboard.auth.keys import Caller
 from switchboard.errors import RateLimited
 from switchboard.gateway.budgeting import WorstPrice
@@ -30,14 +31,6 @@ from switchboard.store.tenants import Tenant
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PRICE = WorstPrice(input_per_1m=1_000.0, output_per_1m=2_000.0)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _callers(rng: random.Random) -> list[Caller]:
@@ -108,7 +101,7 @@ def _state(limiter: MemoryLimiter, budgets: MemoryBudgets, now: float) -> dict[s
 @pytest.mark.parametrize("seed", range(6))
 async def test_the_fast_path_and_the_general_path_agree(seed: int) -> None:
     rng = random.Random(seed)
-    clock = Clock()
+    clock = Clock(5000.0)
     sides = []
     for fast in (True, False):
         limiter, budgets = MemoryLimiter(clock), MemoryBudgets()
@@ -156,7 +149,7 @@ async def test_the_fast_path_and_the_general_path_agree(seed: int) -> None:
 
 
 async def test_a_sweep_makes_compiled_plans_fetch_their_buckets_again() -> None:
-    clock = Clock()
+    clock = Clock(5000.0)
     limiter = MemoryLimiter(clock)
     limits = RequestLimits(limiter, MemoryBudgets(), fast_path=True)
     tenant = Tenant("t1", "t1", "t1", "hybrid", NOW)

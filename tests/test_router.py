@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from conftest import Clock
 from switchboard.config import BreakerConfig, Locality, RouterConfig
 from switchboard.errors import (
     CONTEXT_WINDOW,
@@ -57,14 +58,6 @@ class Scripted:
 
 def state_of(b: CircuitBreaker) -> str:
     return b.state
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def deployment(
