@@ -11,7 +11,7 @@ import pytest
 from switchboard.auth.audit import Auditor, ClientInfo
 from switchboard.auth.external import ExternalIdentity
 from switchboard.auth.sessions import SessionService
-from switchboard.auth.throttle import LoginThrottle
+from switchboard.auth.throttle import LoginAllowance, MemoryLoginThrottle
 from switchboard.auth.tokens import AccessTokens
 from switchboard.errors import AuthenticationFailed, PermissionDenied
 from switchboard.platform import Platform
@@ -29,7 +29,7 @@ def service(
         platform,
         AccessTokens(secret, ttl_seconds=300),
         Auditor(platform.audit),
-        LoginThrottle(max_failures=3, window_seconds=60),
+        MemoryLoginThrottle(LoginAllowance(per_address=3, per_account=15, window_seconds=60)),
         idle_timeout=timedelta(hours=1),
         max_age=timedelta(hours=8),
         check_ttl=check_ttl,

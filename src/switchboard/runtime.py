@@ -15,9 +15,10 @@ from switchboard.auth import AdminAuthenticator, KeyAuthenticator
 from switchboard.auth.admin import ensure_admin_key
 from switchboard.auth.audit import Auditor
 from switchboard.auth.external_login import ExternalLogins
+from switchboard.auth.redis_throttle import RedisLoginThrottle
 from switchboard.auth.secretbox import load_secret_box
 from switchboard.auth.sessions import SessionService
-from switchboard.auth.throttle import LoginThrottle
+from switchboard.auth.throttle import LoginAllowance, LoginThrottle, MemoryLoginThrottle
 from switchboard.auth.tokens import AccessTokens, session_secret
 from switchboard.config import GatewayConfig
 from switchboard.errors import ConfigError
@@ -69,6 +70,7 @@ class Runtime:
     auditor: Auditor
     sessions: SessionService  # human sign-in; LDAP/OIDC flows call sessions.sign_in_external
     logins: ExternalLogins  # tenants' identity providers (LDAP/AD, OIDC) and their flows
+    throttle: LoginThrottle  # failed sign-ins (password, password change, LDAP), shared
     # The Lago export queue (backlog, dead letters, re-drive): there whether or not Lago is
     # configured. `export_task` is the in-process exporter, when this process runs one.
     export: LagoExporter
@@ -93,7 +95,11 @@ class Runtime:
                 print_admin_key(created)
         platform = Platform(db)
         auditor = Auditor(platform.audit)
-        sessions = _sessions(settings, platform, auditor, await _signing_key(db, settings))
+        secret = await _signing_key(db, settings)
+        # One Redis pool per process, when set: rate limits, budgets and the sign-in throttle.
+        limiter = RedisLimiter(settings.limits_url) if settings.limits_url else None
+        throttle = _login_throttle(settings, limiter, secret)
+        sessions = _sessions(settings, platform, auditor, secret, throttle)
         notifier = WebhookNotifier(settings.budget_webhook_url)
         providers = {p.name: build_provider(p) for p in config.providers}
         catalog = await build_catalog(config, providers, PriceTable(config.prices))
@@ -127,7 +133,7 @@ class Runtime:
                 Router(catalog, config.router),
                 recorder,
                 _response_cache(settings),
-                _request_limits(settings, platform, notifier),
+                _request_limits(settings, platform, notifier, limiter),
             ),
             keys=KeyAuthenticator(
                 platform.keys,
@@ -140,7 +146,8 @@ class Runtime:
             recorder=recorder,
             auditor=auditor,
             sessions=sessions,
-            logins=ExternalLogins(platform, box, sessions, auditor, _login_throttle(settings)),
+            logins=ExternalLogins(platform, box, sessions, auditor, throttle),
+            throttle=throttle,
             export=exporter or export_queue(db, settings),
             notifier=notifier,
         )
@@ -194,23 +201,35 @@ async def _signing_key(db: Database, settings: Settings) -> bytes:
 
 
 def _sessions(
-    settings: Settings, platform: Platform, auditor: Auditor, secret: bytes
+    settings: Settings,
+    platform: Platform,
+    auditor: Auditor,
+    secret: bytes,
+    throttle: LoginThrottle,
 ) -> SessionService:
     return SessionService(
         platform,
         AccessTokens(secret, ttl_seconds=settings.access_token_ttl_seconds),
         auditor,
-        _login_throttle(settings),
+        throttle,
         idle_timeout=timedelta(seconds=settings.session_idle_timeout_seconds),
         max_age=timedelta(seconds=settings.session_max_age_seconds),
         check_ttl=settings.session_check_ttl_seconds,
     )
 
 
-def _login_throttle(settings: Settings) -> LoginThrottle:
-    return LoginThrottle(
-        max_failures=settings.login_max_failures, window_seconds=settings.login_lockout_seconds
+def _login_throttle(
+    settings: Settings, limiter: RedisLimiter | None, secret: bytes
+) -> LoginThrottle:
+    """In Redis with the limits (every replica counts together), else in this process."""
+    allowance = LoginAllowance(
+        per_address=settings.login_max_failures,
+        per_account=settings.login_max_account_failures,
+        window_seconds=settings.login_lockout_seconds,
     )
+    if limiter is None:
+        return MemoryLoginThrottle(allowance)
+    return RedisLoginThrottle(limiter, allowance, secret=secret)
 
 
 def _response_cache(settings: Settings) -> ResponseCache:
@@ -220,14 +239,17 @@ def _response_cache(settings: Settings) -> ResponseCache:
 
 
 def _request_limits(
-    settings: Settings, platform: Platform, notifier: WebhookNotifier
+    settings: Settings,
+    platform: Platform,
+    notifier: WebhookNotifier,
+    shared: RedisLimiter | None,
 ) -> RequestLimits:
-    """Rates and leases in Redis when ``limits_url`` is set (budgets too), else in process."""
+    """Rates and leases in Redis when ``limits_url`` is set (``shared``; budgets too), else
+    in process."""
     limiter: MemoryLimiter | RedisLimiter
     budgets: BudgetStore
-    if settings.limits_url:
-        limiter = RedisLimiter(settings.limits_url)
-        budgets = RedisBudgets(limiter)
+    if shared is not None:
+        limiter, budgets = shared, RedisBudgets(shared)
     else:
         limiter, budgets = MemoryLimiter(), MemoryBudgets()
 

@@ -76,8 +76,16 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(
         default=5,
         ge=1,
-        description="Failed password sign-ins allowed per tenant, e-mail and client address "
-        "within the lockout window before that combination is refused with 429.",
+        description="Failed sign-ins allowed per tenant, e-mail (or LDAP user) and client "
+        "address within the lockout window before that combination is refused with 429.",
+    )
+    login_max_account_failures: int = Field(
+        default=25,
+        ge=1,
+        description="Failed sign-ins allowed per tenant and e-mail (or LDAP user) from all "
+        "client addresses together within the lockout window before every sign-in to that "
+        "account is refused with 429; slows an attack spread over many addresses. Keep it "
+        "several times SWITCHBOARD_LOGIN_MAX_FAILURES.",
     )
     login_lockout_seconds: float = Field(
         default=300.0,

@@ -23,7 +23,7 @@ from switchboard.auth.ldap import ldap_login
 from switchboard.auth.oidc import LoginState, OidcClient
 from switchboard.auth.secretbox import SecretBox
 from switchboard.auth.sessions import SessionService, TokenPair
-from switchboard.auth.throttle import LoginThrottle
+from switchboard.auth.throttle import LoginKey, LoginThrottle
 from switchboard.errors import AuthenticationFailed, ClientError, InvalidRequest, NotFound
 from switchboard.platform import Platform
 from switchboard.store.identity_providers import IdentityProviderRepository
@@ -111,8 +111,9 @@ class ExternalLogins:
                 "invalid username or password", code="invalid_credentials"
             ) from None
         provider = await self._provider(tenant, provider_name, "ldap")
-        key = (tenant.id, f"ldap:{provider.name}:{username.strip().lower()}", client.ip or "")
-        self._throttle.check(key)
+        account = f"ldap:{provider.name}:{username.strip().lower()}"
+        key = LoginKey(tenant.id, account, client.ip or "")
+        await self._throttle.check(key)
         cfg = provider.document.settings
         assert isinstance(cfg, LdapSettings)
         try:
@@ -120,10 +121,10 @@ class ExternalLogins:
             mapped = map_identity(identity, provider.document.mapping)
         except ClientError as exc:
             if isinstance(exc, AuthenticationFailed):
-                self._throttle.failed(key)
+                await self._throttle.failed(key)
             await self._failed(tenant, provider.name, username.strip(), exc.code or "", client)
             raise
-        self._throttle.succeeded(key)
+        await self._throttle.succeeded(key)
         return await self._sign_in(tenant, mapped, client)
 
     # -- OpenID Connect ------------------------------------------------------------------------

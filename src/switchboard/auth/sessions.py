@@ -23,7 +23,7 @@ from switchboard.auth.audit import Auditor, ClientInfo
 from switchboard.auth.external import ExternalIdentity
 from switchboard.auth.passwords import check_password, hash_password, verify_password
 from switchboard.auth.roles import Principal, Role, check_role
-from switchboard.auth.throttle import LoginThrottle
+from switchboard.auth.throttle import LoginKey, LoginThrottle
 from switchboard.auth.tokens import AccessTokens
 from switchboard.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from switchboard.platform import Platform
@@ -112,23 +112,17 @@ class SessionService:
         """Password sign-in; ``tenant`` (slug or id) is None for platform admins. Every
         failure looks and takes the same: 401 ``invalid_credentials``."""
         email = email.strip().lower()
-        throttle_key = (tenant or "", email, client.ip or "")
-        self._throttle.check(throttle_key)
-        tenant_id: str | None = None
+        tenant_id = await self._tenant_id(tenant)
+        # Counted by the tenant's id, so its slug and its id share one allowance.
+        throttle_key = LoginKey(tenant_id or tenant or "", email, client.ip or "")
+        await self._throttle.check(throttle_key)
         found: tuple[User, str | None] | None = None
-        if tenant is None:
-            found = await self._platform.users.credentials(None, email)
-        else:
-            try:
-                tenant_id = (await self._platform.tenants.get(tenant)).id
-            except NotFound:
-                tenant_id = None
-            else:
-                found = await self._platform.users.credentials(tenant_id, email)
+        if tenant is None or tenant_id is not None:
+            found = await self._platform.users.credentials(tenant_id, email)
         user, stored = found if found else (None, None)
         password_ok = await verify_password(stored, password)  # runs even when user is None
         if user is None or not password_ok or user.disabled:
-            self._throttle.failed(throttle_key)
+            await self._throttle.failed(throttle_key)
             await self._audit.record(
                 None,
                 "auth.login",
@@ -139,8 +133,17 @@ class SessionService:
                 client=client,
             )
             raise AuthenticationFailed(_INVALID_LOGIN, code="invalid_credentials")
-        self._throttle.succeeded(throttle_key)
+        await self._throttle.succeeded(throttle_key)
         return await self._start(user, client, method="password")
+
+    async def _tenant_id(self, tenant: str | None) -> str | None:
+        """The id of the tenant named by slug or id; None for none, or an unknown one."""
+        if tenant is None:
+            return None
+        try:
+            return (await self._platform.tenants.get(tenant)).id
+        except NotFound:
+            return None
 
     async def sign_in_external(
         self,
@@ -319,10 +322,10 @@ class SessionService:
         new = check_password(new, "new_password")
         found = await self._platform.users.credentials(principal.tenant_id, principal.email or "")
         stored = found[1] if found and found[0].id == principal.user_id else None
-        throttle_key = (principal.tenant_id or "", principal.email or "", client.ip or "")
-        self._throttle.check(throttle_key)
+        throttle_key = LoginKey(principal.tenant_id or "", principal.email or "", client.ip or "")
+        await self._throttle.check(throttle_key)
         if not await verify_password(stored, current):
-            self._throttle.failed(throttle_key)
+            await self._throttle.failed(throttle_key)
             await self._audit.record(
                 principal,
                 "auth.password_change",
@@ -332,7 +335,7 @@ class SessionService:
                 client=client,
             )
             raise AuthenticationFailed("the current password is wrong", code="invalid_credentials")
-        self._throttle.succeeded(throttle_key)
+        await self._throttle.succeeded(throttle_key)
         await self._platform.users.update(
             principal.tenant_id, principal.user_id, password_hash=await hash_password(new)
         )
