@@ -107,8 +107,9 @@ async def live_findings(url: str, admin_key: str | None) -> list[Finding]:
 
 
 def shared_state(settings: Settings) -> Finding:
-    """Several workers without Redis: each keeps its own rate limits, concurrency slots and
-    budget counters, so a tenant gets up to that many times what its policy allows."""
+    """Several workers without Redis: each keeps its own rate limits, concurrency slots,
+    budget counters and sign-in throttle, so a tenant gets up to that many times what its
+    policy allows."""
     workers = settings.workers
     if workers == 1 or settings.limits_url:
         where = "in Redis" if settings.limits_url else "in the one worker"
@@ -116,9 +117,9 @@ def shared_state(settings: Settings) -> Finding:
     return Finding(
         "shared state",
         "warn",
-        f"{workers} workers count rate limits, concurrency and budgets each on their own: a "
-        f"tenant can get up to {workers} times its limits and spend up to {workers} times its "
-        "budget",
+        f"{workers} workers count rate limits, concurrency, budgets and failed sign-ins each "
+        f"on their own: a tenant can get up to {workers} times its limits and spend up to "
+        f"{workers} times its budget",
         "set SWITCHBOARD_LIMITS_URL to a Redis (e.g. redis://127.0.0.1:6379/0), or run one worker",
     )
 
