@@ -4,15 +4,18 @@ that sends a response head together with the first bytes of its body."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
 import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from fakes.server import ServerThread
-from switchboard.api.http_protocol import CorkedHttpToolsProtocol, CorkedTransport
+from switchboard.api.http_protocol import CorkedHttpToolsProtocol, CorkedTransport, HeadCycle
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -128,6 +131,11 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+    elif path == "/cycle":  # which request/response cycle serves this request
+        body = type(getattr(send, "__self__", None)).__name__.encode()
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
     elif path == "/empty":
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -188,3 +196,71 @@ def test_pipelined_requests_are_answered_in_order(server: ServerThread) -> None:
             data += chunk
         statuses = [part.split(b"\r\n", 1)[0] for part in data.split(b"HTTP/1.1 ")[1:]]
         assert statuses == [b"200 OK", b"200 OK", b"404 Not Found"]
+
+
+# -- the response head, checked in one pass ---------------------------------------------------
+
+
+def _cycle(kind: type[RequestResponseCycle], method: str, keep_alive: bool) -> Any:
+    transport = RecordingTransport()
+    cycle = kind(
+        scope={"method": method, "type": "http"},  # type: ignore[typeddict-item]
+        transport=transport,  # type: ignore[arg-type]
+        flow=FlowControl(transport),  # type: ignore[arg-type]
+        logger=logging.getLogger("test"),
+        access_logger=logging.getLogger("test.access"),
+        access_log=False,
+        default_headers=[(b"date", b"Mon, 07 Dec 2026 16:00:00 GMT")],
+        message_event=asyncio.Event(),
+        expect_100_continue=False,
+        keep_alive=keep_alive,
+        on_response=lambda: None,
+    )
+    return cycle, transport
+
+
+HEADS: list[tuple[str, int, list[tuple[bytes, bytes]], bool]] = [
+    ("POST", 200, [(b"content-type", b"application/json"), (b"content-length", b"2")], True),
+    ("POST", 200, [(b"Content-Type", b"text/event-stream"), (b"X-Request-Id", b"req_1")], True),
+    ("POST", 200, [(b"transfer-encoding", b"chunked")], True),
+    ("GET", 200, [(b"content-length", b"0"), (b"connection", b"keep-alive, Close")], True),
+    ("GET", 200, [(b"content-length", b"5")], False),
+    ("HEAD", 200, [(b"x-ratelimit-remaining-requests", b"59")], True),
+    ("GET", 204, [], True),
+    ("GET", 304, [(b"etag", b'"abc"')], True),
+    ("POST", 429, [(b"retry-after", b"1"), (b"x-ratelimit-reset-tokens", b"1m0.5s")], True),
+]
+
+
+@pytest.mark.parametrize(("method", "status", "headers", "keep_alive"), HEADS)
+async def test_the_head_is_what_uvicorn_writes(
+    method: str, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool
+) -> None:
+    message = {"type": "http.response.start", "status": status, "headers": headers}
+    ours, ours_out = _cycle(HeadCycle, method, keep_alive)
+    theirs, theirs_out = _cycle(RequestResponseCycle, method, keep_alive)
+    await ours.send(message)
+    await theirs.send(message)
+    assert ours_out.writes == theirs_out.writes
+    state = ("response_started", "chunked_encoding", "expected_content_length", "keep_alive")
+    assert [getattr(ours, a) for a in state] == [getattr(theirs, a) for a in state]
+
+
+@pytest.mark.parametrize(
+    "header", [(b"bad name", b"x"), (b"x-ok", b"split\r\nset-cookie: a=b"), (b"x-ok", b"\x00")]
+)
+async def test_a_forbidden_header_byte_is_refused_as_uvicorn_refuses_it(
+    header: tuple[bytes, bytes],
+) -> None:
+    message = {"type": "http.response.start", "status": 200, "headers": [header]}
+    for kind in (HeadCycle, RequestResponseCycle):
+        cycle, out = _cycle(kind, "GET", True)
+        with pytest.raises(RuntimeError, match="Invalid HTTP header"):
+            await cycle.send(message)
+        assert out.writes == []
+
+
+def test_served_requests_run_in_head_cycles(server: ServerThread) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(2):  # a new cycle for each request on a kept-alive connection
+            assert client.get("/cycle").text == "HeadCycle"
