@@ -113,7 +113,7 @@ async def test_revocation_reaches_a_cached_session(platform: Platform) -> None:
     pair = await worker_a.sign_in_external(t.slug, identity("f@example.com"), "user", None)
     principal = await worker_a.authenticate(pair.access_token)
     assert principal.session_id == pair.session_id
-    await worker_a.end_user_sessions(pair.user.id, "disabled")
+    await worker_a.end_user_sessions(pair.user.id, "disabled", tenant_id=t.id)
     with pytest.raises(AuthenticationFailed) as refused:
         await worker_a.authenticate(pair.access_token)
     assert refused.value.code == "session_revoked"

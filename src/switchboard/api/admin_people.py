@@ -173,7 +173,8 @@ async def update_user(request: Request) -> Response:
         values["disabled"] = body["disabled"]
     updated = await rt.platform.users.update(tenant.id, user.id, **values)
     if updated.disabled or "password_hash" in values:
-        await rt.sessions.end_user_sessions(user.id, "disabled" if updated.disabled else "password")
+        reason = "disabled" if updated.disabled else "password"
+        await rt.sessions.end_user_sessions(user.id, reason, tenant_id=tenant.id)
     if "disabled" in values:  # their keys stop (or start again) working
         rt.keys.forget(tenant_id=tenant.id)
     a.audit(fields=sorted(body), role=updated.role, department_id=updated.department_id)
@@ -186,7 +187,7 @@ async def delete_user(request: Request) -> Response:
     tenant, user = _tenant(request), _user(a)
     if user.id == a.principal.user_id:
         raise rbac.deny("you cannot delete yourself")
-    await rt.sessions.end_user_sessions(user.id, "deleted")
+    await rt.sessions.end_user_sessions(user.id, "deleted", tenant_id=tenant.id)
     await rt.platform.users.delete(tenant.id, user.id)
     rt.keys.forget(tenant_id=tenant.id)
     a.audit(email=user.email)
@@ -302,7 +303,7 @@ async def update_platform_admin(request: Request) -> Response:
     updated = await rt.platform.users.update(None, user.id, **values)
     if updated.disabled or "password_hash" in values:
         keep = a.principal.session_id if user.id == a.principal.user_id else None
-        await rt.sessions.end_user_sessions(user.id, "changed", keep=keep)
+        await rt.sessions.end_user_sessions(user.id, "changed", tenant_id=None, keep=keep)
     a.audit(user.id, fields=sorted(body))
     return JSONResponse(user_view(updated))
 
@@ -312,7 +313,7 @@ async def delete_platform_admin(request: Request) -> Response:
     user = await rt.platform.users.get(None, request.path_params["user_id"])
     if user.id == a.principal.user_id:
         raise rbac.deny("you cannot delete yourself")
-    await rt.sessions.end_user_sessions(user.id, "deleted")
+    await rt.sessions.end_user_sessions(user.id, "deleted", tenant_id=None)
     await rt.platform.users.delete(None, user.id)
     a.audit(user.id, email=user.email)
     return Response(status_code=204)

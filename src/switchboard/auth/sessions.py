@@ -1,15 +1,17 @@
-"""Human sign-in: password login, external (LDAP/OIDC) sign-in, refresh, logout, and turning
-an access token back into a `Principal`.
+"""Human sign-in: password login, external (LDAP/OIDC) sign-in, refresh, logout, a person's
+list of live sessions and ending them one or all, and turning an access token back into a
+`Principal`.
 
 A session is a refresh-token family (`switchboard.store.sessions`). Its lifetime is bounded
 three ways: an absolute maximum age, an idle timeout (no refresh for that long ends it), and
-revocation (logout, refresh-token reuse, user disabled or deleted).
+revocation (logout, refresh-token reuse, user disabled or deleted, a session ended from the
+session list by its owner or an admin).
 
 Access tokens are checked against their session through a small in-process cache: a session
-seen alive is trusted for ``check_ttl`` seconds. Logout takes effect at once in the worker that
-handled it and within ``check_ttl`` seconds on every other worker; an access token can never
-outlive its own ``exp`` either. Role, department and the disabled flag are read with the
-session, so a demotion also takes effect within ``check_ttl``.
+seen alive is trusted for ``check_ttl`` seconds. Logout (and every other revocation) takes
+effect at once in the worker that handled it and within ``check_ttl`` seconds on every other
+worker; an access token can never outlive its own ``exp`` either. Role, department and the
+disabled flag are read with the session, so a demotion also takes effect within ``check_ttl``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,24 @@ from switchboard.auth.tokens import AccessTokens
 from switchboard.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from switchboard.platform import Platform
 from switchboard.store.database import utcnow
+from switchboard.store.sessions import Session
 from switchboard.store.users import User
 from switchboard.views import plain
 
 _INVALID_LOGIN = "invalid e-mail, password or tenant"
 _MAX_CACHED = 100_000
+# Why a session ended from a session list (its ``revoked_reason``).
+ENDED_BY_USER = "revoked_by_user"
+ENDED_BY_ADMIN = "revoked_by_admin"
+_SESSION_FIELDS = (
+    "id",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "client_ip",
+    "user_agent",
+    "method",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,13 @@ class TokenPair:
 def user_view(user: User) -> dict[str, Any]:
     """A user as the API shows it (there is no secret on `User` to leave out)."""
     return plain(user)
+
+
+def session_view(session: Session, current: str | None = None) -> dict[str, Any]:
+    """A session as its owner and their admins see it; ``current``: the caller's session id.
+    Never a token or its hash (`Session` holds neither)."""
+    view = plain(session)
+    return {**{name: view[name] for name in _SESSION_FIELDS}, "current": session.id == current}
 
 
 def principal_of(user: User, session_id: str | None = None) -> Principal:
@@ -229,6 +251,7 @@ class SessionService:
             max_age=self._max_age,
             client_ip=client.ip,
             user_agent=client.user_agent,
+            method=method,
         )
         await self._platform.users.touch_login(user.id)
         await self._audit.record(
@@ -292,26 +315,86 @@ class SessionService:
         return self._pair(user, session.id, fresh, session.expires_at)
 
     async def logout(self, principal: Principal, client: ClientInfo) -> None:
-        if principal.session_id is None:
-            raise InvalidRequest("only a signed-in session can log out")
-        await self._platform.sessions.revoke(principal.session_id, "logout")
-        self._checked[principal.session_id] = _Checked(
-            None, "session_revoked", time.monotonic() + self._check_ttl, float("inf")
-        )
+        _user_id, session_id = _signed_in(principal)
+        await self._platform.sessions.revoke(session_id, "logout")
+        self._revoked(session_id)
         await self._audit.record(
             principal,
             "auth.logout",
             tenant_id=principal.tenant_id,
-            target=principal.session_id,
+            target=session_id,
             client=client,
         )
 
     async def end_user_sessions(
-        self, user_id: str, reason: str, *, keep: str | None = None
+        self, user_id: str, reason: str, *, tenant_id: str | None, keep: str | None = None
+    ) -> list[str]:
+        """Revoke every session of a user but ``keep`` (disabled, deleted, password changed,
+        ended by an admin or from their other sessions); return the ids ended."""
+        ended = await self._platform.sessions.revoke_user(
+            user_id, reason, tenant_id=tenant_id, keep=keep
+        )
+        for session_id in ended:
+            self._revoked(session_id)
+        return ended
+
+    # -- a person's session list -----------------------------------------------------------
+
+    async def live_sessions(self, tenant_id: str | None, user_id: str) -> list[Session]:
+        """The user's sessions that still work, most recently used first."""
+        return await self._platform.sessions.live(tenant_id, user_id, idle=self._idle)
+
+    async def end_session(
+        self, tenant_id: str | None, user_id: str, session_id: str, reason: str
     ) -> None:
-        """Revoke every session of a user but ``keep`` (disabled, deleted, password changed)."""
-        for session_id in await self._platform.sessions.revoke_user(user_id, reason, keep=keep):
-            self._forget(session_id)
+        """End one live session of the user; 404 when they have none with that id (whoever
+        else's it may be)."""
+        sessions = self._platform.sessions
+        if not await sessions.end(tenant_id, user_id, session_id, reason, idle=self._idle):
+            raise NotFound(f"no session {session_id!r}", param="session_id")
+        self._revoked(session_id)
+
+    async def end_own_session(
+        self, principal: Principal, session_id: str, client: ClientInfo
+    ) -> None:
+        """The caller ends one of their sessions; ending the current one is a logout."""
+        user_id, current = _signed_in(principal)
+        if session_id == current:
+            await self.logout(principal, client)
+            return
+        outcome = "ok"
+        try:
+            await self.end_session(principal.tenant_id, user_id, session_id, ENDED_BY_USER)
+        except NotFound:
+            outcome = "not_found"
+            raise
+        finally:
+            await self._audit.record(
+                principal,
+                "auth.session.revoke",
+                tenant_id=principal.tenant_id,
+                target=session_id[:64],
+                outcome=outcome,
+                client=client,
+            )
+
+    async def end_other_sessions(self, principal: Principal, client: ClientInfo) -> int:
+        """The caller ends every session of theirs but the current one; returns how many."""
+        user_id, current = _signed_in(principal)
+        ended = await self.end_user_sessions(
+            user_id, ENDED_BY_USER, tenant_id=principal.tenant_id, keep=current
+        )
+        await self._audit.record(
+            principal,
+            "auth.session.revoke_others",
+            tenant_id=principal.tenant_id,
+            target=user_id,
+            details={"sessions": len(ended)},
+            client=client,
+        )
+        return len(ended)
+
+    # -- passwords -------------------------------------------------------------------------
 
     async def change_password(
         self, principal: Principal, current: str, new: str, client: ClientInfo
@@ -339,7 +422,12 @@ class SessionService:
         await self._platform.users.update(
             principal.tenant_id, principal.user_id, password_hash=await hash_password(new)
         )
-        await self.end_user_sessions(principal.user_id, "password", keep=principal.session_id)
+        await self.end_user_sessions(
+            principal.user_id,
+            "password",
+            tenant_id=principal.tenant_id,
+            keep=principal.session_id,
+        )
         await self._audit.record(
             principal,
             "auth.password_change",
@@ -392,3 +480,20 @@ class SessionService:
 
     def _forget(self, session_id: str) -> None:
         self._checked.pop(session_id, None)
+
+    def _revoked(self, session_id: str) -> None:
+        """This worker refuses the session's access tokens from now on, without asking the
+        database (other workers: once their entry is older than ``check_ttl``)."""
+        if len(self._checked) >= _MAX_CACHED:
+            self._checked.clear()
+        self._checked[session_id] = _Checked(
+            None, "session_revoked", time.monotonic() + self._check_ttl, float("inf")
+        )
+
+
+def _signed_in(principal: Principal) -> tuple[str, str]:
+    """The user and session ids of a principal signed in with a session (not a key, not the
+    CLI)."""
+    if principal.user_id is None or principal.session_id is None:
+        raise InvalidRequest("only a signed-in session can do this")
+    return principal.user_id, principal.session_id

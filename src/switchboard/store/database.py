@@ -90,6 +90,13 @@ class Database:
             return self.engine.connect()
         return self.tenant_scope(tenant_id)
 
+    def writing(self, tenant_id: str | None) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction for writes: in ``tenant_id``'s scope when given (row-level security on
+        PostgreSQL), else the platform's own (platform admins, tenantless rows)."""
+        if tenant_id is None:
+            return self.engine.begin()
+        return self.tenant_scope(tenant_id)
+
     async def upsert(
         self, table: Table, values: dict[str, Any], key: str, update: tuple[str, ...]
     ) -> None:

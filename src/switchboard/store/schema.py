@@ -220,6 +220,7 @@ sessions = Table(
     Column("revoked_reason", String(32), nullable=True),
     Column("client_ip", String(64), nullable=True),
     Column("user_agent", String(300), nullable=True),
+    Column("method", String(16), nullable=True),  # password | ldap | oidc; NULL before 0011
     Index("ix_sessions_user", "user_id"),
 )
 
