@@ -20,6 +20,7 @@ from switchboard.api import (
     admin_identity_providers,
     admin_limits,
     admin_people,
+    admin_sessions,
 )
 from switchboard.api.admin_access import RULES, guard
 
@@ -52,6 +53,7 @@ def test_every_admin_route_has_an_access_rule() -> None:
     routes = [
         *admin.routes,
         *admin_people.routes,
+        *admin_sessions.routes,
         *admin_billing.routes,
         *admin_limits.routes,
         *admin_identity_providers.routes,

@@ -17,6 +17,7 @@ from switchboard.api import (
     admin_identity_providers,
     admin_limits,
     admin_people,
+    admin_sessions,
     auth_external,
     auth_sessions,
     health,
@@ -97,6 +98,7 @@ def create_app(
                 [
                     *admin.routes,
                     *admin_people.routes,
+                    *admin_sessions.routes,
                     *admin_billing.routes,
                     *admin_limits.routes,
                     *admin_identity_providers.routes,

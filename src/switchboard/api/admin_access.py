@@ -9,8 +9,10 @@ admin route at start-up and refuses to build the app if a route has no rule, so 
 2. checks the caller's role against the rule,
 3. resolves the target ({tenant}, {key_id}, {user_id}, {department_id}) inside the caller's
    scope: another tenant's path is 403; another tenant's key, user or department id is 404
-   (it is looked up within the caller's tenant); inside the tenant but outside the caller's
-   department or ownership is 403,
+   (it is looked up within the caller's tenant; a {user_id} without a {tenant} in the path
+   too, and anywhere for a platform admin); inside the tenant but outside the caller's
+   department or ownership is 403 (a GET needs the right to view the user, anything else the
+   right to manage them),
 4. hands the handler an `Access` (caller, scope, resolved objects), and
 5. writes one audit row for every mutation: done, or denied.
 
@@ -78,6 +80,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", f"{_TENANT}/users/{{user_id}}"): Rule("user.read", _U, "user"),
     ("PATCH", f"{_TENANT}/users/{{user_id}}"): Rule("user.update", _D, "user"),
     ("DELETE", f"{_TENANT}/users/{{user_id}}"): Rule("user.delete", _D, "user"),
+    ("GET", "/admin/v1/users/{user_id}/sessions"): Rule("user.session.list", _U, "user"),
+    ("DELETE", "/admin/v1/users/{user_id}/sessions"): Rule("user.session.revoke_all", _D, "user"),
+    ("DELETE", "/admin/v1/users/{user_id}/sessions/{session_id}"): Rule(
+        "user.session.revoke", _D, "user"
+    ),
     ("GET", f"{_TENANT}/keys"): Rule("key.list", _U, "tenant"),
     ("POST", f"{_TENANT}/keys"): Rule("key.create", _U, "tenant"),
     ("POST", "/admin/v1/keys/{key_id}/revoke"): Rule("key.revoke", _U, "key"),
@@ -157,8 +164,31 @@ async def _own_tenant(rt: Runtime, p: Principal, named: str) -> Tenant:
     return own
 
 
-async def _resolve(rt: Runtime, a: Access, params: Mapping[str, str]) -> None:
+def _check_user(p: Principal, user: User, *, reading: bool) -> None:
+    if reading:
+        rbac.check_view_user(p, user)
+    else:
+        rbac.check_manage_user(p, user)
+
+
+async def _user_by_id(rt: Runtime, p: Principal, user_id: str) -> User:
+    """A user named by id alone: within the caller's tenant, or anywhere (platform admins
+    included) for a platform admin."""
+    if p.role != "platform_admin":
+        return await rt.platform.users.get(p.tenant_id, user_id)
+    found = await rt.platform.users.get_any(user_id)
+    if found is None:
+        raise NotFound(f"no user {user_id!r}", param="user_id")
+    return found
+
+
+async def _resolve(rt: Runtime, a: Access, params: Mapping[str, str], *, reading: bool) -> None:
     p, platform = a.principal, rt.platform
+    if a.rule.target == "user" and "tenant" not in params:
+        a.user = await _user_by_id(rt, p, params["user_id"])
+        a.audit_tenant_id, a.audit_target = a.user.tenant_id, a.user.id  # denied rows name them
+        _check_user(p, a.user, reading=reading)
+        return
     if a.rule.target == "key":
         tenant_scope = None if p.role == "platform_admin" else p.tenant_id
         a.key = await platform.keys.get(params["key_id"], tenant_id=tenant_scope)
@@ -180,14 +210,11 @@ async def _resolve(rt: Runtime, a: Access, params: Mapping[str, str]) -> None:
         a.audit_target = a.department.id
     elif a.rule.target == "user":
         a.user = await platform.users.get(a.tenant.id, params["user_id"])
-        if a.rule.action == "user.read":
-            rbac.check_view_user(p, a.user)
-        else:
-            rbac.check_manage_user(p, a.user)
+        _check_user(p, a.user, reading=reading)
         a.audit_target = a.user.id
 
 
-def _guarded(rule: Rule, endpoint: Endpoint, mutation: bool) -> Endpoint:
+def _guarded(rule: Rule, endpoint: Endpoint, *, mutation: bool, reading: bool) -> Endpoint:
     async def guarded(request: Request) -> Response:
         rt = runtime(request)
         principal: Principal | None = None
@@ -196,7 +223,7 @@ def _guarded(rule: Rule, endpoint: Endpoint, mutation: bool) -> Endpoint:
             principal = await admin_principal(request, rt)
             rbac.require_role(principal, rule.role)
             a = Access(principal, rbac.scope_of(principal), rule)
-            await _resolve(rt, a, request.path_params)
+            await _resolve(rt, a, request.path_params, reading=reading)
             request.state.access = a
             response = await endpoint(request)
         except (AuthenticationFailed, PermissionDenied, NotFound) as exc:
@@ -251,6 +278,6 @@ def guard(routes: list[BaseRoute]) -> list[BaseRoute]:
             if rule is None:
                 raise RuntimeError(f"no access rule for {method} {route.path}")
             audited = method != "GET" and not rule.audited_by_handler
-            endpoint = _guarded(rule, route.endpoint, mutation=audited)
+            endpoint = _guarded(rule, route.endpoint, mutation=audited, reading=method == "GET")
             out.append(Route(route.path, endpoint, methods=[method], name=route.name))
     return out
