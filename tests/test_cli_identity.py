@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,93 @@ def test_identity_cli_on_postgresql(cli: Run, pg_url: str) -> None:
     assert check(pg_url, stored_hash(pg_url, slug, "ops@example.com"), PASSWORD)
     trail = orjson.loads(ok(cli("audit", "--tenant", slug, "--json", env=env)).stdout)
     assert [e["action"] for e in trail] == ["user.create", "department.create", "tenant.create"]
+
+
+def sessions_for(url: str, tenant: str | None, email: str, n: int) -> list[str]:
+    """``n`` sessions of one user, written as a sign-in would; returns their ids."""
+
+    async def create(db: Database) -> list[str]:
+        p = Platform(db)
+        tenant_id = (await p.tenants.get(tenant)).id if tenant else None
+        user = await p.users.find_by_email(tenant_id, email)
+        assert user is not None
+        made = [
+            await p.sessions.create(
+                user.id,
+                tenant_id,
+                max_age=timedelta(hours=1),
+                client_ip="10.1.2.3",
+                user_agent="laptop/1.0",
+                method="password",
+            )
+            for _ in range(n)
+        ]
+        return [session.id for session, _ in made]
+
+    ids: list[str] = in_db(url, create)
+    return ids
+
+
+def test_user_sessions_and_end_sessions(cli: Run, data_dir: Path) -> None:
+    url = sqlite_url(data_dir)
+    ok(cli("tenant", "create", "acme"))
+    for email in ("ann@acme.io", "bob@acme.io"):
+        ok(cli("user", "create", email, "--tenant", "acme", "--no-password"))
+    ann = sessions_for(url, "acme", "ann@acme.io", 2)
+    bob = sessions_for(url, "acme", "bob@acme.io", 1)
+    listed = orjson.loads(
+        ok(cli("user", "sessions", "ann@acme.io", "--tenant", "acme", "--json")).stdout
+    )
+    assert {s["id"] for s in listed} == set(ann)
+    assert {(s["method"], s["client_ip"], s["current"]) for s in listed} == {
+        ("password", "10.1.2.3", False)
+    }
+    table = ok(cli("user", "sessions", "ann@acme.io", "--tenant", "acme")).stdout
+    assert all(session_id in table for session_id in ann)
+    assert "laptop/1.0" in table
+    ended = ok(cli("user", "end-sessions", "ann@acme.io", "--tenant", "acme"))
+    assert "ended 2 session(s) of ann@acme.io" in ended.stderr
+    after = ok(cli("user", "sessions", "ann@acme.io", "--tenant", "acme", "--json")).stdout
+    assert orjson.loads(after) == []
+    others = orjson.loads(
+        ok(cli("user", "sessions", "bob@acme.io", "--tenant", "acme", "--json")).stdout
+    )
+    assert [s["id"] for s in others] == bob
+    (row,) = orjson.loads(ok(cli("audit", "--json", "--action", "user.session.revoke_all")).stdout)
+    users = orjson.loads(ok(cli("user", "list", "--tenant", "acme", "--json")).stdout)
+    ann_id = next(u["id"] for u in users if u["email"] == "ann@acme.io")
+    assert (row["actor_kind"], row["target"]) == ("cli", ann_id)
+    assert row["details"] == {"email": "ann@acme.io", "sessions": 2}
+    missing = cli("user", "end-sessions", "nobody@acme.io", "--tenant", "acme")
+    assert missing.exit_code == 1
+    assert "no user 'nobody@acme.io'" in missing.stderr
+    wrong_tenant = cli("user", "sessions", "ann@acme.io")  # not a platform admin
+    assert wrong_tenant.exit_code == 1
+
+
+def test_session_commands_on_postgresql_and_for_platform_admins(cli: Run, pg_url: str) -> None:
+    env = {"SWITCHBOARD_DATABASE_URL": pg_url}
+    slug = f"pg-{secrets.token_hex(4)}"
+    root = f"root-{secrets.token_hex(4)}@example.com"
+    ok(cli("tenant", "create", slug, env=env))
+    ok(cli("user", "create", "ops@example.com", "--tenant", slug, "--no-password", env=env))
+    ok(cli("user", "create", root, "--role", "platform_admin", "--no-password", env=env))
+    ops = sessions_for(pg_url, slug, "ops@example.com", 1)
+    roots = sessions_for(pg_url, None, root, 1)
+
+    def listed(*args: str) -> list[str]:
+        out = ok(cli("user", "sessions", *args, "--json", env=env)).stdout
+        return [s["id"] for s in orjson.loads(out)]
+
+    assert listed("ops@example.com", "--tenant", slug) == ops
+    assert listed(root) == roots
+    ended = ok(cli("user", "end-sessions", "ops@example.com", "--tenant", slug, env=env))
+    assert "ended 1 session(s)" in ended.stderr
+    assert listed("ops@example.com", "--tenant", slug) == []
+    assert listed(root) == roots
+    assert "ended 1 session(s)" in ok(cli("user", "end-sessions", root, env=env)).stderr
+    assert listed(root) == []
+    trail = orjson.loads(ok(cli("audit", "--tenant", slug, "--json", env=env)).stdout)
+    newest = trail[0]
+    assert (newest["action"], newest["actor_kind"]) == ("user.session.revoke_all", "cli")
+    assert newest["details"] == {"email": "ops@example.com", "sessions": 1}

@@ -1,34 +1,43 @@
 """`switchboard department`, `switchboard user` and `switchboard audit`.
 
 Passwords are read from stdin (``--password-stdin``) or a hidden prompt, never from the command
-line, where they would land in shell history and the process list.
+line, where they would land in shell history and the process list. A user's sessions are
+listed and ended through the same repository calls as /admin/v1/users/{user_id}/sessions; the
+servers' workers stop trusting ended sessions within SWITCHBOARD_SESSION_CHECK_TTL_SECONDS.
 """
 
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 
 from switchboard.auth.passwords import check_password, hash_password
 from switchboard.auth.roles import ROLES, check_role
-from switchboard.cli_support import JsonFlag, audit, fail, print_json, with_platform
-from switchboard.errors import SwitchboardError
+from switchboard.auth.sessions import ENDED_BY_ADMIN, session_view
+from switchboard.cli_support import JsonFlag, audit, fail, print_json, settings, with_platform
+from switchboard.errors import NotFound, SwitchboardError
 from switchboard.metering import report
 from switchboard.platform import Platform
 from switchboard.store.audit import AuditEntry, AuditFilter
 from switchboard.store.departments import Department
+from switchboard.store.sessions import Session
 from switchboard.store.users import User
 from switchboard.views import plain
 
 department_app = typer.Typer(help="Create and list a tenant's departments.", no_args_is_help=True)
 user_app = typer.Typer(
-    help="Create and list people who sign in (platform admins and tenant users).",
+    help="Create and list people who sign in (platform admins and tenant users), and their "
+    "sessions.",
     no_args_is_help=True,
 )
 
 TenantOption = Annotated[str, typer.Option("--tenant", help="Tenant slug.")]
+UserTenantOption = Annotated[
+    str | None, typer.Option("--tenant", help="Tenant slug (leave out: platform admins).")
+]
 
 
 @department_app.command("create")
@@ -134,12 +143,7 @@ def user_create(
 
 
 @user_app.command("list")
-def user_list(
-    tenant: Annotated[
-        str | None, typer.Option("--tenant", help="Tenant slug (leave out: platform admins).")
-    ] = None,
-    as_json: JsonFlag = False,
-) -> None:
+def user_list(tenant: UserTenantOption = None, as_json: JsonFlag = False) -> None:
     """List a tenant's users, or the platform admins."""
 
     async def listing(p: Platform) -> list[User]:
@@ -152,6 +156,56 @@ def user_list(
     for u in users:
         state = "disabled" if u.disabled else u.source
         typer.echo(f"{u.id:<22} {u.role:<17} {state:<8} {u.email}")
+
+
+async def _user(p: Platform, tenant: str | None, email: str) -> User:
+    """A tenant's user (or a platform admin, without a tenant) by e-mail."""
+    tenant_id = (await p.tenants.get(tenant)).id if tenant else None
+    user = await p.users.find_by_email(tenant_id, email)
+    if user is None:
+        raise NotFound(f"no user {email!r}" + (f" in tenant {tenant!r}" if tenant else ""))
+    return user
+
+
+@user_app.command("sessions")
+def user_sessions(email: str, tenant: UserTenantOption = None, as_json: JsonFlag = False) -> None:
+    """List a user's live sign-in sessions, most recently used first (never a token)."""
+    idle = timedelta(seconds=settings().session_idle_timeout_seconds)
+
+    async def listing(p: Platform) -> list[Session]:
+        user = await _user(p, tenant, email)
+        return await p.sessions.live(user.tenant_id, user.id, idle=idle)
+
+    found = with_platform(listing)
+    if as_json:
+        print_json([session_view(s) for s in found])
+        return
+    for s in found:
+        used = s.last_used_at.isoformat(timespec="seconds")
+        typer.echo(
+            f"{s.id:<28} {s.method or '-':<8} {used} {s.client_ip or '-':<15} {s.user_agent or '-'}"
+        )
+
+
+@user_app.command("end-sessions")
+def user_end_sessions(email: str, tenant: UserTenantOption = None) -> None:
+    """End every sign-in session of a user; they stay enabled and may sign in again."""
+
+    async def end(p: Platform) -> tuple[User, list[str]]:
+        user = await _user(p, tenant, email)
+        ended = await p.sessions.revoke_user(user.id, ENDED_BY_ADMIN, tenant_id=user.tenant_id)
+        await audit(
+            p,
+            "user.session.revoke_all",
+            tenant_id=user.tenant_id,
+            target=user.id,
+            email=user.email,
+            sessions=len(ended),
+        )
+        return user, ended
+
+    user, ended = with_platform(end)
+    typer.echo(f"ended {len(ended)} session(s) of {user.email}", err=True)
 
 
 def audit_command(
