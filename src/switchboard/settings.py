@@ -70,8 +70,9 @@ class Settings(BaseSettings):
         ge=0,
         le=60,
         description="How long a worker trusts a session it has seen alive. A logout, a reused "
-        "refresh token or a disabled user stops the session's access tokens on every worker "
-        "within this time (at once on the worker that handled it).",
+        "refresh token, a disabled user or a session ended from a session list stops the "
+        "session's access tokens on every worker within this time (at once on the worker that "
+        "handled it).",
     )
     login_max_failures: int = Field(
         default=5,
