@@ -5,20 +5,16 @@ nothing changes."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
 
 from conftest import RunningGateway
 from people import Person, add_user, bearer
-from switchboard.store import Database
-from switchboard.store.database import utcnow
-from switchboard.store.schema import sessions
+from test_sessions import age_session
 
 pytestmark = pytest.mark.slow
 
@@ -93,22 +89,6 @@ def new_tenant(gw: RunningGateway, name: str) -> str:
     return gw.keys[f"{name}:slug"]
 
 
-def idle_out(gw: RunningGateway, session_id: str) -> None:
-    async def run() -> None:
-        db = Database(gw.settings.resolved_database_url())
-        try:
-            async with db.engine.begin() as conn:
-                await conn.execute(
-                    update(sessions)
-                    .where(sessions.c.id == session_id)
-                    .values(last_used_at=utcnow() - timedelta(days=1))
-                )
-        finally:
-            await db.dispose()
-
-    asyncio.run(run())
-
-
 # -- self-service: /auth/v1/sessions ------------------------------------------------------
 
 
@@ -118,7 +98,7 @@ def test_the_list_shows_own_live_sessions_and_the_current_one(gateway: RunningGa
     laptop, phone = sign_in(gateway, ann, "laptop/1.0"), sign_in(gateway, ann, "phone/2.0")
     logged_out, idle = sign_in(gateway, ann), sign_in(gateway, ann)
     assert call(gateway, logged_out["access_token"], "POST", "/auth/v1/logout").status_code == 204
-    idle_out(gateway, idle["session_id"])
+    age_session(gateway, idle["session_id"], timedelta(days=1))
     bobs = sign_in(gateway, bob)
     listed = own(gateway, laptop)
     assert {s["id"] for s in listed} == {laptop["session_id"], phone["session_id"]}

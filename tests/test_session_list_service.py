@@ -50,11 +50,16 @@ async def session_of(
     return session
 
 
-async def idle_since(p: Platform, session_id: str, ago: timedelta) -> None:
+async def idle_session_of(p: Platform, user: User) -> Session:
+    """A session of ``user`` last used just over the idle timeout ago."""
+    session = await session_of(p, user)
     async with p.db.engine.begin() as conn:
         await conn.execute(
-            update(sessions).where(sessions.c.id == session_id).values(last_used_at=utcnow() - ago)
+            update(sessions)
+            .where(sessions.c.id == session.id)
+            .values(last_used_at=utcnow() - IDLE - timedelta(seconds=1))
         )
+    return session
 
 
 async def test_only_live_sessions_of_the_user_are_listed(platform: Platform) -> None:
@@ -63,8 +68,7 @@ async def test_only_live_sessions_of_the_user_are_listed(platform: Platform) -> 
     fresh = await session_of(p, ann, method="ldap")
     revoked = await session_of(p, ann)
     await p.sessions.revoke(revoked.id, "logout")
-    idle = await session_of(p, ann)
-    await idle_since(p, idle.id, IDLE + timedelta(seconds=1))
+    idle = await idle_session_of(p, ann)
     await session_of(p, ann, max_age=timedelta(seconds=-1))  # past its absolute age
     await session_of(p, bob)
     [live] = await p.sessions.live(t.id, ann.id, idle=IDLE)
@@ -96,8 +100,7 @@ async def test_end_touches_only_a_live_session_of_that_user(platform: Platform) 
     p, t = platform, await tenant(platform)
     ann, bob = await person(p, t), await person(p, t)
     mine, theirs = await session_of(p, ann), await session_of(p, bob)
-    idle = await session_of(p, ann)
-    await idle_since(p, idle.id, IDLE + timedelta(seconds=1))
+    idle = await idle_session_of(p, ann)
     other = await tenant(p)
     assert not await p.sessions.end(t.id, ann.id, theirs.id, "x", idle=IDLE)  # bob's
     assert not await p.sessions.end(other.id, bob.id, theirs.id, "x", idle=IDLE)  # wrong tenant
@@ -114,8 +117,7 @@ async def test_revoke_user_ends_idle_ones_too_and_spares_keep(platform: Platform
     p, t = platform, await tenant(platform)
     ann, bob = await person(p, t), await person(p, t)
     keep, other = await session_of(p, ann), await session_of(p, ann)
-    idle = await session_of(p, ann)
-    await idle_since(p, idle.id, IDLE + timedelta(seconds=1))
+    idle = await idle_session_of(p, ann)
     await session_of(p, ann, max_age=timedelta(seconds=-1))  # long over: left alone
     bobs = await session_of(p, bob)
     ended = await p.sessions.revoke_user(ann.id, "x", tenant_id=t.id, keep=keep.id)

@@ -362,21 +362,21 @@ class SessionService:
         if session_id == current:
             await self.logout(principal, client)
             return
-        outcome = "ok"
+        missing: NotFound | None = None
         try:
             await self.end_session(principal.tenant_id, user_id, session_id, ENDED_BY_USER)
-        except NotFound:
-            outcome = "not_found"
-            raise
-        finally:
-            await self._audit.record(
-                principal,
-                "auth.session.revoke",
-                tenant_id=principal.tenant_id,
-                target=session_id[:64],
-                outcome=outcome,
-                client=client,
-            )
+        except NotFound as exc:  # another person's id looks like an unknown one; audited
+            missing = exc
+        await self._audit.record(
+            principal,
+            "auth.session.revoke",
+            tenant_id=principal.tenant_id,
+            target=session_id[:64],
+            outcome="ok" if missing is None else "not_found",
+            client=client,
+        )
+        if missing is not None:
+            raise missing
 
     async def end_other_sessions(self, principal: Principal, client: ClientInfo) -> int:
         """The caller ends every session of theirs but the current one; returns how many."""
