@@ -20,6 +20,7 @@ from switchboard.errors import (
     InvalidRequest,
     RateLimited,
     SwitchboardError,
+    UpstreamOverloaded,
     UpstreamUnavailable,
 )
 from switchboard.providers.bedrock import control_plane_url, model_path
@@ -518,7 +519,7 @@ def test_unknown_events_are_skipped() -> None:
         ("validationException", InvalidRequest),
         ("modelStreamErrorException", UpstreamUnavailable),
         ("internalServerException", UpstreamUnavailable),
-        ("serviceUnavailableException", UpstreamUnavailable),
+        ("serviceUnavailableException", UpstreamOverloaded),
     ],
 )
 def test_exception_events_raise_our_errors(kind: str, error: type[SwitchboardError]) -> None:
