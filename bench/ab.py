@@ -15,6 +15,7 @@ Only 127.0.0.1 is a target; every round is bounded by its request count and wrk'
     python bench/ab.py --concurrency 1 --requests 4000 --rounds 6
     python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts   # cache misses
     python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts --prompt-numbers
+    python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts --history 10
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _wrk_for_seconds(url: str, key: str, args: argparse.Namespace) -> tuple[floa
             "WRK_KEY": key,
             "WRK_SEED": _prompt_seed(),
             "WRK_NUMBERS": "1" if args.prompt_numbers else "0",
+            "WRK_HISTORY": str(args.history),
         },
         capture_output=True,
         text=True,
@@ -123,7 +125,16 @@ def main() -> None:
         action="store_true",
         help="with --unique-prompts: a date and an amount in every prompt (no PII in them)",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="with --unique-prompts: this many earlier turns (about 400 characters each) "
+        "before every new question, as a chat client sends the conversation",
+    )
     args = parser.parse_args()
+    if args.history and not args.unique_prompts:
+        parser.error("--history needs --unique-prompts")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
     wrk_script = args.peers / "wrk_chat.lua"

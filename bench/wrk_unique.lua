@@ -25,13 +25,24 @@ local function letters(n)
   return out
 end
 
+-- WRK_HISTORY=N puts N earlier turns (user and assistant in turn, about 400 characters each, the
+-- same in every request) before the new question, as a chat client sends the conversation so far.
+local history = ""
+local sentence = "The harbour master said the ships sail north at dawn when the wind turns, and the " ..
+                 "crews load grain, timber and wool for the markets across the sea. "
+for i = 1, tonumber(os.getenv("WRK_HISTORY") or "0") do
+  local role = (i % 2 == 1) and "user" or "assistant"
+  history = history .. '{"role":"' .. role .. '","content":"Turn ' .. letters(i) .. '. ' ..
+            string.rep(sentence, 2) .. '"},'
+end
+
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 if key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
 
 function request()
   counter = counter + 1
-  local body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are a helpful assistant."},' ..
+  local body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are a helpful assistant."},' .. history ..
                '{"role":"user","content":"Write one sentence about benchmarking HTTP proxies, number ' ..
                letters(counter) .. '.' .. numbers .. '"}],"max_tokens":64,"temperature":0}'
   return wrk.format("POST", "/v1/chat/completions", nil, body)
