@@ -3,6 +3,7 @@ a guardrail registered as a plugin, and PII redaction that survives chunked stre
 
 from __future__ import annotations
 
+import gc
 import random
 import re
 from collections.abc import Iterator
@@ -465,14 +466,27 @@ def test_a_text_cleared_under_one_policy_is_still_checked_under_another() -> Non
 
 
 def test_the_cleared_texts_are_bounded_by_their_characters() -> None:
-    quick = guardrails._quick(GuardrailPolicy(blocked_tools=("x",)), guardrails._version[0])
-    assert quick is not None
     cleared = guardrails.ClearedTexts(limit_chars=100)
     for i in range(30):
-        cleared.add((quick, f"{i:010d}"))  # ten characters each
+        cleared.keep(f"{i:010d}", 1)  # ten characters each
         assert len(cleared) <= 10
-    assert (quick, f"{29:010d}") in cleared
-    assert (quick, f"{0:010d}") not in cleared
+    assert cleared.get(f"{29:010d}") == 1
+    assert f"{0:010d}" not in cleared
+
+
+def test_the_cleared_texts_give_the_collector_nothing_to_walk() -> None:
+    """Remembering a text must not add an object the cyclic collector tracks (a set of
+    (quick clear, text) tuples did: every full collection walked every one of them)."""
+    policy = GuardrailPolicy(sensitive_prompt_patterns=("password",))
+    texts = [f"a text nobody wrote before, number {i}" for i in range(200)]
+    guardrails.screen_prompt(policy, chat(texts[0]))  # the quick clear and its chain, built
+    gc.collect()
+    before = len(gc.get_objects())
+    for text in texts[1:]:
+        assert guardrails.screen_prompt(policy, chat(text))[1] is None
+        assert guardrails._cleared.get(text) is not None
+    gc.collect()
+    assert len(gc.get_objects()) - before < 20
 
 
 @pytest.mark.usefixtures("shouting_guardrail")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -396,12 +397,14 @@ def _allowed_routes(policy: GuardrailPolicy) -> Guardrail | None:
 # --- clearing a request in one call -----------------------------------------------------
 
 
-class ClearedTexts(set[tuple["QuickClear", str]]):
-    """Texts a quick clear found nothing in, remembered per quick clear. A chat client sends
-    the whole conversation again with every turn, so without this every turn would look at
-    every earlier message again (a ten-turn conversation: about 57 µs a request, against the
-    newest message alone). Bounded by the characters it holds; emptied whole when full. A set
-    itself, so that looking a text up runs no Python code."""
+class ClearedTexts(dict[str, int]):
+    """Texts a quick clear found nothing in, each with the tag of the quick clear that cleared
+    it. A chat client sends the whole conversation again with every turn, so without this
+    every turn would look at every earlier message again (a ten-turn conversation: about
+    57 µs a request, against the newest message alone). Bounded by the characters it holds;
+    emptied whole when full. A text cleared under another policy since is looked at again.
+    Strings and ints only: the garbage collector has nothing in it to walk (a set of tuples
+    made every full collection walk every entry)."""
 
     __slots__ = ("_chars", "_limit")
 
@@ -410,17 +413,18 @@ class ClearedTexts(set[tuple["QuickClear", str]]):
         self._chars = 0
         self._limit = limit_chars
 
-    def add(self, key: tuple[QuickClear, str]) -> None:
-        size = len(key[1])
+    def keep(self, text: str, tag: int) -> None:
+        size = len(text)
         if self._chars + size > self._limit:
             self.clear()
             self._chars = 0
-        super().add(key)
+        self[text] = tag
         self._chars += size
 
 
 # Shared by every quick clear of the process; a few MB at most.
 _cleared = ClearedTexts(limit_chars=2_000_000)
+_tags = itertools.count(1)  # never reused, so no text is taken as cleared by the wrong policy
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -432,9 +436,8 @@ class QuickClear:
     might be a finding (a pattern, what could be PII, tools, content in parts) sends the request
     through the chain, which decides as always. A chain with an extension, or with allowed
     routes (which always note the route), is never cleared this way. Texts it has cleared
-    before (a conversation's earlier turns) are not looked at again (`ClearedTexts`); it is
-    compared and hashed by identity, so a text cleared under one policy is never taken as
-    cleared under another."""
+    before (a conversation's earlier turns) are not looked at again (`ClearedTexts`, under
+    this quick clear's own ``tag``)."""
 
     needles: tuple[str, ...]  # every plain pattern, lower-cased
     regexes: tuple[re.Pattern[str], ...]
@@ -442,12 +445,13 @@ class QuickClear:
     pii_email: bool  # emails among them: an "@" may be one
     pii_digits: int  # the fewest digits any other kind needs
     tools: bool
+    tag: int = field(default_factory=lambda: next(_tags))
 
     def clears(self, body: JSON) -> bool:
         """True only if no guardrail of the chain would note or change anything."""
         if self.tools and body.get("tools"):
             return False
-        cleared = _cleared
+        cleared, tag = _cleared, self.tag
         for message in body.get("messages") or ():
             if message.get("role") == "assistant":
                 continue
@@ -456,12 +460,11 @@ class QuickClear:
                 if text is None:
                     continue
                 return False  # content in parts: the chain reads them
-            seen = (self, text)
-            if seen in cleared:
+            if cleared.get(text) == tag:
                 continue
             if not self._finds_nothing(text):
                 return False
-            cleared.add(seen)
+            cleared.keep(text, tag)
         return True
 
     def _finds_nothing(self, text: str) -> bool:
