@@ -129,7 +129,7 @@ def main() -> None:
         "--history",
         type=int,
         default=0,
-        help="with --unique-prompts: this many earlier turns (about 400 characters each) "
+        help="with --unique-prompts: this many earlier turns (about 300 characters each) "
         "before every new question, as a chat client sends the conversation",
     )
     args = parser.parse_args()

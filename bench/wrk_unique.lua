@@ -25,7 +25,7 @@ local function letters(n)
   return out
 end
 
--- WRK_HISTORY=N puts N earlier turns (user and assistant in turn, about 400 characters each, the
+-- WRK_HISTORY=N puts N earlier turns (user and assistant in turn, about 300 characters each, the
 -- same in every request) before the new question, as a chat client sends the conversation so far.
 local history = ""
 local sentence = "The harbour master said the ships sail north at dawn when the wind turns, and the " ..

@@ -432,14 +432,9 @@ def test_the_quick_clear_decides_as_the_chain_does(seed: int) -> None:
     assert 40 < cleared < 360  # both ways were taken
 
 
-def test_a_conversation_s_cleared_turns_are_not_looked_at_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(guardrails, "_cleared", guardrails.ClearedTexts(limit_chars=10_000))
-    policy = GuardrailPolicy(sensitive_prompt_patterns=("password",), pii_actions={"email": "log"})
-    history = [{"role": "user", "content": f"turn {i}: tell me about the sea"} for i in range(5)]
-    assert guardrails.screen_prompt(policy, {"model": "m", "messages": history})[1] is None
-    assert len(guardrails._cleared) == 5
+def _looked_at(policy: GuardrailPolicy, texts: list[str]) -> list[str]:
+    """Screen a request of ``texts`` (new string objects, as a fresh request parses them);
+    which of them the guardrails looked at."""
     looked_at: list[str] = []
     real_lower = str.lower
 
@@ -448,28 +443,54 @@ def test_a_conversation_s_cleared_turns_are_not_looked_at_again(
             looked_at.append(str(self))
             return real_lower(self)
 
-    # The next turn: equal texts (new objects, as a fresh request parses them) and one new one.
-    turn = [{"role": "user", "content": Spy(m["content"])} for m in history]
-    turn.append({"role": "user", "content": Spy("and the ocean?")})
-    assert guardrails.screen_prompt(policy, {"model": "m", "messages": turn})[1] is None
-    assert looked_at == ["and the ocean?"]
+    body = {"model": "m", "messages": [{"role": "user", "content": Spy(t)} for t in texts]}
+    assert guardrails.screen_prompt(policy, body)[1] is None
+    return looked_at
+
+
+def test_a_conversation_s_cleared_turns_are_not_looked_at_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(guardrails, "_cleared", guardrails.ClearedTexts(limit_chars=10_000))
+    policy = GuardrailPolicy(sensitive_prompt_patterns=("password",), pii_actions={"email": "log"})
+    history = [f"turn {i}: tell me about the sea" for i in range(5)]
+    assert _looked_at(policy, history) == history  # the first time: only their hashes noted
+    assert len(guardrails._cleared) == 0
+    assert _looked_at(policy, [*history, "and the ocean?"]) == [*history, "and the ocean?"]
+    assert len(guardrails._cleared) == 5  # cleared twice: kept
+    # From then on a turn looks at its last two messages: the newest, and the one before,
+    # seen for the second time.
+    turns = [*history, "and the ocean?", "and rivers?"]
+    assert _looked_at(policy, turns) == ["and the ocean?", "and rivers?"]
+    assert _looked_at(policy, [*turns, "and lakes?"]) == ["and rivers?", "and lakes?"]
+
+
+def test_a_question_asked_once_is_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guardrails, "_cleared", guardrails.ClearedTexts(limit_chars=10_000))
+    policy = GuardrailPolicy(sensitive_prompt_patterns=("password",))
+    for i in range(50):
+        assert guardrails.screen_prompt(policy, chat(f"question number {i}"))[1] is None
+    assert len(guardrails._cleared) == 0
 
 
 def test_a_text_cleared_under_one_policy_is_still_checked_under_another() -> None:
     text = "my password is hunter2"
     lenient = GuardrailPolicy(sensitive_prompt_patterns=("credit card",))
     strict = GuardrailPolicy(sensitive_prompt_patterns=("password",))
-    assert guardrails.screen_prompt(lenient, chat(text))[1] is None
+    for _ in range(3):  # cleared (and kept) under the lenient policy
+        assert guardrails.screen_prompt(lenient, chat(text))[1] is None
     assert guardrails.screen_prompt(strict, chat(text))[1] == (
         "The request contains sensitive content."
     )
 
 
-def test_the_cleared_texts_are_bounded_by_their_characters() -> None:
-    cleared = guardrails.ClearedTexts(limit_chars=100)
+def test_the_cleared_texts_are_bounded() -> None:
+    cleared = guardrails.ClearedTexts(limit_chars=100, limit_once=20)
     for i in range(30):
-        cleared.keep(f"{i:010d}", 1)  # ten characters each
+        cleared.keep(f"{i:010d}", 1)  # ten characters each: noted
+        cleared.keep(f"{i:010d}", 1)  # and kept
         assert len(cleared) <= 10
+        assert len(cleared._once) <= 20
     assert cleared.get(f"{29:010d}") == 1
     assert f"{0:010d}" not in cleared
 
@@ -482,9 +503,9 @@ def test_the_cleared_texts_give_the_collector_nothing_to_walk() -> None:
     guardrails.screen_prompt(policy, chat(texts[0]))  # the quick clear and its chain, built
     gc.collect()
     before = len(gc.get_objects())
-    for text in texts[1:]:
+    for text in texts[1:] * 2:  # noted, then kept
         assert guardrails.screen_prompt(policy, chat(text))[1] is None
-        assert guardrails._cleared.get(text) is not None
+    assert all(guardrails._cleared.get(text) is not None for text in texts[1:])
     gc.collect()
     assert len(gc.get_objects()) - before < 20
 

@@ -401,19 +401,28 @@ class ClearedTexts(dict[str, int]):
     """Texts a quick clear found nothing in, each with the tag of the quick clear that cleared
     it. A chat client sends the whole conversation again with every turn, so without this
     every turn would look at every earlier message again (a ten-turn conversation: about
-    57 µs a request, against the newest message alone). Bounded by the characters it holds;
-    emptied whole when full. A text cleared under another policy since is looked at again.
-    Strings and ints only: the garbage collector has nothing in it to walk (a set of tuples
-    made every full collection walk every entry)."""
+    57 µs a request, against the newest message alone). A text is kept the second time it is
+    cleared; the first time only its hash is noted, so a question asked once (most of them) is
+    never held. Bounded by the characters it holds and the hashes it notes, emptied whole when
+    full. A text cleared under another policy since is looked at again. Strings and ints only:
+    the garbage collector has nothing in it to walk."""
 
-    __slots__ = ("_chars", "_limit")
+    __slots__ = ("_chars", "_limit", "_once", "_once_limit")
 
-    def __init__(self, limit_chars: int) -> None:
+    def __init__(self, limit_chars: int, limit_once: int = 50_000) -> None:
         super().__init__()
         self._chars = 0
         self._limit = limit_chars
+        self._once: dict[int, int] = {}  # hash of a text cleared once -> the tag
+        self._once_limit = limit_once
 
     def keep(self, text: str, tag: int) -> None:
+        once, seen = self._once, hash(text)
+        if once.get(seen) != tag:  # the first time (or under another policy): note it only
+            if len(once) >= self._once_limit:
+                once.clear()
+            once[seen] = tag
+            return
         size = len(text)
         if self._chars + size > self._limit:
             self.clear()

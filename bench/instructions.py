@@ -1,0 +1,173 @@
+"""What the pipeline costs per request in instructions and bytecodes: numbers a busy machine
+does not disturb.
+
+On this shared VM two `ab.py` rounds a minute apart can differ by 50% in CPU per request, so a
+change of a few percent is lost in the noise. This script runs `Gateway.chat_json` in process
+(as `policy_overhead.py` does: an upstream that answers at once, no HTTP) for the bare tenant
+and for a policy, and counts:
+
+- instructions per request, with ``valgrind --tool=callgrind``: the run is made twice, with
+  ``--requests`` and with three times as many, and the difference is divided, so start-up
+  cancels out. The same build and inputs give the same count to within a fraction of a percent,
+  whatever else the machine does. It counts work, not time: memory stalls do not show.
+- ``--bytecodes``: Python bytecodes executed per request, per function (``sys.settrace`` with
+  opcode events), the functions that execute most first: where the interpreter spends its
+  steps.
+
+Each request asks a new question (a response cache misses); ``--history N`` puts N earlier
+turns of about 300 characters before it, as a chat client sends a conversation. Run by hand:
+
+    python bench/instructions.py                               # bare and tenant-governed-cache
+    python bench/instructions.py --policy bench/tenant-governed.json --history 10
+    python bench/instructions.py --bytecodes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+from policy_overhead import BODY, InstantProvider, NullRecorder, caller
+
+from switchboard.config import parse_config
+from switchboard.gateway import Gateway, Router, build_catalog
+from switchboard.metering import PriceTable
+
+HERE = Path(__file__).parent
+SENTENCE = (
+    "The harbour master said the ships sail north at dawn when the wind turns, and the crews "
+    "load grain, timber and wool for the markets across the sea. "
+)
+CONFIG = """
+providers:
+  - {name: instant, kind: openai, base_url: "http://127.0.0.1:9/v1", locality: external}
+models:
+  - name: fake-gpt
+    deployments: [{provider: instant, model: gpt-4o-mini}]
+"""
+
+
+def _question(i: int) -> str:
+    letters = chr(97 + i % 26) + chr(97 + i // 26 % 26) + chr(97 + i // 676 % 26)
+    return f"Write two sentences about the sea, please, number {letters}."  # no digits
+
+
+async def _run(policy: dict[str, Any], requests: int, history: int, trace: Any = None) -> None:
+    config = parse_config(CONFIG, source="<bench>")
+    catalog = await build_catalog(config, {"instant": InstantProvider()}, PriceTable())  # type: ignore[dict-item]
+    gateway = Gateway(Router(catalog, config.router), NullRecorder())  # type: ignore[arg-type]
+    who = caller(policy)
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}. " + SENTENCE * 2}
+        for i in range(history)
+    ]
+
+    async def one(i: int) -> None:
+        # New string objects every time, as a request parsed from JSON has.
+        messages = [BODY["messages"][0], *turns, _user(_question(i))]
+        body = orjson.loads(orjson.dumps({**BODY, "messages": messages}))
+        with gateway.metered(who, "chat.completions") as event:
+            await gateway.chat_json(who, event, body)
+        await asyncio.sleep(0)
+
+    for i in range(200):  # warm up: caches, plans, compiled patterns
+        await one(i)
+    if trace is not None:
+        sys.settrace(trace)
+    for i in range(requests):
+        await one(1_000 + i)
+    sys.settrace(None)
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def _policy(path: str | None) -> dict[str, Any]:
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def _instructions(policy: str | None, requests: int, history: int) -> float:
+    """Instructions per request: two runs under callgrind, the difference divided."""
+    counts = []
+    for n in (requests, 3 * requests):
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            str(n),
+            "--history",
+            str(history),
+            "--policy",
+            policy or "",  # "": the bare tenant
+        ]
+        # A fixed hash seed: string hashes, and so dict probing, the same in every run.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        out = subprocess.run(
+            command, capture_output=True, text=True, timeout=3600, check=True, env=env
+        )
+        found = re.search(r"Collected : (\d+)", out.stderr)
+        if found is None:
+            raise SystemExit(f"callgrind printed no count:\n{out.stderr[-2000:]}")
+        counts.append(int(found[1]))
+    return (counts[1] - counts[0]) / (2 * requests)
+
+
+def _bytecodes(policy: str | None, requests: int, history: int) -> None:
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            counts[(Path(code.co_filename).name, code.co_name)] += 1
+        return trace
+
+    asyncio.run(_run(_policy(policy), requests, history, trace))
+    total = sum(counts.values()) / requests
+    print(f"{policy or 'bare'}: {total:,.0f} bytecodes a request")
+    for (file, name), count in counts.most_common(25):
+        print(f"  {count / requests:7.1f}  {file}:{name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", default=str(HERE / "tenant-governed-cache.json"))
+    parser.add_argument("--history", type=int, default=0)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--bytecodes", action="store_true")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:  # one run, under valgrind
+        asyncio.run(_run(_policy(args.policy), args.child, args.history))
+        return
+    if args.bytecodes:
+        for policy in (None, args.policy):
+            _bytecodes(policy, min(args.requests, 300), args.history)
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is needed: apt-get install -y valgrind")
+    bare = _instructions(None, args.requests, args.history)
+    governed = _instructions(args.policy, args.requests, args.history)
+    print(f"history {args.history} turns, {args.requests} and {3 * args.requests} requests")
+    print(f"bare      {bare:10,.0f} instructions a request")
+    print(f"governed  {governed:10,.0f} instructions a request ({Path(args.policy).name})")
+    print(f"policy steps +{governed - bare:,.0f} ({governed / bare:.2f}x the bare pipeline)")
+
+
+if __name__ == "__main__":
+    main()
