@@ -468,7 +468,7 @@ def test_a_conversation_s_cleared_turns_are_not_looked_at_again(
 def test_a_question_asked_once_is_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guardrails, "_cleared", guardrails.ClearedTexts(limit_chars=10_000))
     policy = GuardrailPolicy(sensitive_prompt_patterns=("password",))
-    for i in range(50):
+    for i in range(20):  # two sharing a bit of the 8M (about 1 in 40,000 runs) would keep one
         assert guardrails.screen_prompt(policy, chat(f"question number {i}"))[1] is None
     assert len(guardrails._cleared) == 0
 
@@ -485,14 +485,17 @@ def test_a_text_cleared_under_one_policy_is_still_checked_under_another() -> Non
 
 
 def test_the_cleared_texts_are_bounded() -> None:
-    cleared = guardrails.ClearedTexts(limit_chars=100, limit_once=20)
+    cleared = guardrails.ClearedTexts(limit_chars=100, once_bits=4096)
     for i in range(30):
         cleared.keep(f"{i:010d}", 1)  # ten characters each: noted
         cleared.keep(f"{i:010d}", 1)  # and kept
         assert len(cleared) <= 10
-        assert len(cleared._once) <= 20
     assert cleared.get(f"{29:010d}") == 1
     assert f"{0:010d}" not in cleared
+    for i in range(5000):  # far more first sightings than the bit table takes
+        cleared.keep(f"once {i}", 1)
+        assert cleared._bits_set <= 2048  # emptied when half full
+        assert sum(map(len, cleared)) <= 100
 
 
 def test_the_cleared_texts_give_the_collector_nothing_to_walk() -> None:

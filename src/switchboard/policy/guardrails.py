@@ -401,27 +401,34 @@ class ClearedTexts(dict[str, int]):
     """Texts a quick clear found nothing in, each with the tag of the quick clear that cleared
     it. A chat client sends the whole conversation again with every turn, so without this
     every turn would look at every earlier message again (a ten-turn conversation: about
-    57 µs a request, against the newest message alone). A text is kept the second time it is
-    cleared; the first time only its hash is noted, so a question asked once (most of them) is
-    never held. Bounded by the characters it holds and the hashes it notes, emptied whole when
-    full. A text cleared under another policy since is looked at again. Strings and ints only:
-    the garbage collector has nothing in it to walk."""
+    57 µs a request, against the newest message alone).
 
-    __slots__ = ("_chars", "_limit", "_once", "_once_limit")
+    A text is kept the second time it is cleared. The first time only sets a bit for its hash
+    (and the tag) in a fixed bit table, so a question asked once, as most are, is never held
+    and costs no allocation; a bit another text set first only makes a text kept one sighting
+    early. The texts kept are bounded by their characters, the bit table by how many bits are
+    set; each is emptied whole when full. A text cleared under another policy since is looked
+    at again. Strings and ints only: the garbage collector has nothing in it to walk."""
 
-    def __init__(self, limit_chars: int, limit_once: int = 50_000) -> None:
+    __slots__ = ("_bits_set", "_chars", "_limit", "_max_bits", "_once")
+
+    def __init__(self, limit_chars: int, once_bits: int = 1 << 23) -> None:
         super().__init__()
         self._chars = 0
         self._limit = limit_chars
-        self._once: dict[int, int] = {}  # hash of a text cleared once -> the tag
-        self._once_limit = limit_once
+        self._once = bytearray(once_bits // 8)  # 1 MiB by default
+        self._bits_set = 0
+        self._max_bits = once_bits // 2  # beyond half full, too many texts would seem seen
 
     def keep(self, text: str, tag: int) -> None:
-        once, seen = self._once, hash(text)
-        if once.get(seen) != tag:  # the first time (or under another policy): note it only
-            if len(once) >= self._once_limit:
-                once.clear()
-            once[seen] = tag
+        seen = (hash(text) ^ tag * 0x9E3779B97F4A7C15) % (len(self._once) * 8)
+        once, byte, bit = self._once, seen >> 3, 1 << (seen & 7)
+        if not once[byte] & bit:  # the first time (or under another policy): note it only
+            if self._bits_set >= self._max_bits:
+                once[:] = bytes(len(once))
+                self._bits_set = 0
+            once[byte] |= bit
+            self._bits_set += 1
             return
         size = len(text)
         if self._chars + size > self._limit:
