@@ -404,24 +404,27 @@ class ClearedTexts(dict[str, int]):
     57 µs a request, against the newest message alone).
 
     A text is kept the second time it is cleared. The first time only sets a bit for its hash
-    (and the tag) in a fixed bit table, so a question asked once, as most are, is never held
+    in a fixed bit table, so a question asked once, as most are, is never held
     and costs no allocation; a bit another text set first only makes a text kept one sighting
     early. The texts kept are bounded by their characters, the bit table by how many bits are
     set; each is emptied whole when full. A text cleared under another policy since is looked
     at again. Strings and ints only: the garbage collector has nothing in it to walk."""
 
-    __slots__ = ("_bits_set", "_chars", "_limit", "_max_bits", "_once")
+    __slots__ = ("_bits_set", "_chars", "_limit", "_mask", "_max_bits", "_once")
 
     def __init__(self, limit_chars: int, once_bits: int = 1 << 23) -> None:
         super().__init__()
+        if once_bits & (once_bits - 1) or once_bits < 8:
+            raise ValueError("once_bits must be a power of two, at least 8")
         self._chars = 0
         self._limit = limit_chars
         self._once = bytearray(once_bits // 8)  # 1 MiB by default
+        self._mask = once_bits - 1
         self._bits_set = 0
         self._max_bits = once_bits // 2  # beyond half full, too many texts would seem seen
 
     def keep(self, text: str, tag: int) -> None:
-        seen = (hash(text) ^ tag * 0x9E3779B97F4A7C15) % (len(self._once) * 8)
+        seen = hash(text) & self._mask  # any policy's first sighting: the text comes back
         once, byte, bit = self._once, seen >> 3, 1 << (seen & 7)
         if not once[byte] & bit:  # the first time (or under another policy): note it only
             if self._bits_set >= self._max_bits:
