@@ -404,9 +404,8 @@ class ClearedTexts(dict[str, int]):
     57 µs a request, against the newest message alone).
 
     A text is kept the second time it is cleared. The first time only sets a bit for its hash
-    in a fixed bit table, so a question asked once, as most are, is never held
-    and costs no allocation; a bit another text set first only makes a text kept one sighting
-    early. The texts kept are bounded by their characters, the bit table by how many bits are
+    in a fixed bit table, so a question asked once, as most are, is never held and costs no
+    allocation; a bit another text set first only makes a text kept one sighting early. The texts kept are bounded by their characters, the bit table by how many bits are
     set; each is emptied whole when full. A text cleared under another policy since is looked
     at again. Strings and ints only: the garbage collector has nothing in it to walk."""
 
@@ -424,9 +423,9 @@ class ClearedTexts(dict[str, int]):
         self._max_bits = once_bits // 2  # beyond half full, too many texts would seem seen
 
     def keep(self, text: str, tag: int) -> None:
-        seen = hash(text) & self._mask  # any policy's first sighting: the text comes back
+        seen = hash(text) & self._mask
         once, byte, bit = self._once, seen >> 3, 1 << (seen & 7)
-        if not once[byte] & bit:  # the first time (or under another policy): note it only
+        if not once[byte] & bit:  # the first time any policy cleared it: note it only
             if self._bits_set >= self._max_bits:
                 once[:] = bytes(len(once))
                 self._bits_set = 0
