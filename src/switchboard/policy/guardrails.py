@@ -405,9 +405,10 @@ class ClearedTexts(dict[str, int]):
 
     A text is kept the second time it is cleared. The first time only sets a bit for its hash
     in a fixed bit table, so a question asked once, as most are, is never held and costs no
-    allocation; a bit another text set first only makes a text kept one sighting early. The texts kept are bounded by their characters, the bit table by how many bits are
-    set; each is emptied whole when full. A text cleared under another policy since is looked
-    at again. Strings and ints only: the garbage collector has nothing in it to walk."""
+    allocation; a bit another text set first only makes a text kept one sighting early. The
+    texts kept are bounded by their characters, the bit table by how many bits are set; each
+    is emptied whole when full. A text cleared under another policy since is looked at again.
+    Strings and ints only: the garbage collector has nothing in it to walk."""
 
     __slots__ = ("_bits_set", "_chars", "_limit", "_mask", "_max_bits", "_once")
 
