@@ -4,10 +4,12 @@ canonical form and tenant isolation, opt-out, and stream <-> completion round tr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -85,6 +87,39 @@ async def test_memory_cache_is_bounded_lru() -> None:
     assert await backend.get(a) == {"v": 1}
 
 
+async def test_memory_cache_is_bounded_by_bytes() -> None:
+    backend = MemoryCache(max_entries=100, clock=Clock(100.0), max_bytes=100)
+    keys = [b"t1\0" + bytes([65 + i]) * 7 for i in range(4)]  # ten bytes each
+    for key in keys[:3]:
+        await backend.set(key, b'"' + b"x" * 28 + b'"', 60)  # 30 bytes: 40 with its key
+    assert backend.size_bytes == 80  # two fit: the first went
+    assert await backend.get(keys[0]) is None
+    assert await backend.get(keys[1]) is not None
+    await backend.set(keys[3], b'"' + b"y" * 200 + b'"', 60)  # alone larger than the bound
+    assert await backend.get(keys[3]) is None
+    assert backend.size_bytes == 80  # nothing was pushed out for it
+    await backend.set(keys[1], b'"z"', 60)  # replaced: its old size given back
+    assert backend.size_bytes == 40 + 13
+
+
+async def test_an_expired_entry_gives_its_bytes_back() -> None:
+    clock = Clock(100.0)
+    backend = MemoryCache(clock=clock)
+    await backend.set(b"t1\0k", b'{"v":1}', 10)
+    assert backend.size_bytes == 4 + 7
+    clock.now += 11
+    assert await backend.get(b"t1\0k") is None
+    assert backend.size_bytes == 0
+
+
+def test_a_long_conversation_makes_a_short_key() -> None:
+    """Keys hold a digest: ten thousand of them stay small whatever the requests carry."""
+    long = _body(messages=[{"role": "user", "content": "x" * 100_000}])
+    key = cache_key("ten_a", "chat", long)
+    assert len(key) == len(b"ten_a\0") + 32
+    assert key != cache_key("ten_a", "chat", _body(messages=[{"role": "user", "content": "x"}]))
+
+
 async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
     backend = RedisCache("redis://127.0.0.1:9/0")
     try:
@@ -117,7 +152,10 @@ async def test_tenants_never_share_an_entry() -> None:
     assert a.endswith(b.removeprefix(b"ten_b"))  # the same request after the tenant
     redis = RedisCache("redis://127.0.0.1:9/0", prefix="sb:cache:")  # never connects
     try:
-        assert redis.redis_key(a).startswith("sb:cache:ten_a:")
+        # The digest of the canonical request, as the Redis keys have always been named.
+        canonical = orjson.dumps(["chat", _body()], option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.blake2b(canonical, digest_size=32).hexdigest()
+        assert redis.redis_key(a) == f"sb:cache:ten_a:{digest}"
         assert redis.redis_key(a) != redis.redis_key(b)
     finally:
         await redis.aclose()

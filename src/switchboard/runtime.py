@@ -235,7 +235,7 @@ def _login_throttle(
 def _response_cache(settings: Settings) -> ResponseCache:
     if settings.cache_url:
         return RedisCache(settings.cache_url)
-    return MemoryCache(max_entries=settings.cache_max_entries)
+    return MemoryCache(max_entries=settings.cache_max_entries, max_bytes=settings.cache_max_bytes)
 
 
 def _request_limits(

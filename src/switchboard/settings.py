@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     cache_max_entries: int = Field(
         default=10_000, ge=1, description="Most entries the in-process response cache holds."
     )
+    cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Most bytes of keys and answers the in-process response cache holds.",
+    )
     access_log: bool = Field(
         default=False, description="Log one line per HTTP request (costs throughput)."
     )

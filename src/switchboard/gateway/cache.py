@@ -1,14 +1,15 @@
 """Exact-match response cache, per tenant: the same request from the same tenant within the TTL
 gets the stored answer instead of an upstream call.
 
-The key is the tenant id, a NUL byte, and the request in canonical form: the endpoint and the
-body as JSON with sorted keys, leaving out what does not change the answer (``stream``,
-``stream_options``, ``user``), so a plain request and a streamed one share an entry. The
-in-process cache compares keys whole (no digest to compute, no collision possible); Redis
-stores each entry under a BLAKE2b-256 digest of the request, prefixed with the tenant id. The
-tenant id is part of every key: no tenant can ever be served another tenant's answer. A
-request opts out with ``Cache-Control: no-cache`` (or ``no-store``). Two backends share one
-interface: in process (bounded LRU, one worker) and Redis (shared by every replica).
+The key is the tenant id, a NUL byte, and the BLAKE2b-256 digest of the request in canonical
+form: the endpoint and the body as JSON with sorted keys, leaving out what does not change the
+answer (``stream``, ``stream_options``, ``user``), so a plain request and a streamed one share
+an entry. A digest, not the request: a chat request carries its whole conversation, and ten
+thousand of those held as keys would be tens of megabytes. The tenant id is part of every key:
+no tenant can ever be served another tenant's answer. A request opts out with
+``Cache-Control: no-cache`` (or ``no-store``). Two backends share one interface: in process
+(least recently used out first, bounded by entries and by bytes; one worker) and Redis (shared
+by every replica).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from switchboard.providers.base import JSON
 
 _IGNORED = frozenset({"stream", "stream_options", "user"})
 
-# The tenant id (which never holds a NUL), NUL, the canonical request: one object, no tuple.
+# The tenant id (which never holds a NUL), NUL, the request's digest: one object, no tuple.
 CacheKey = bytes
 
 
@@ -36,7 +37,7 @@ def cache_key(tenant_id: str, endpoint: str, body: JSON) -> CacheKey:
         body if _IGNORED.isdisjoint(body) else {k: v for k, v in body.items() if k not in _IGNORED}
     )
     request = orjson.dumps([endpoint, canonical], option=orjson.OPT_SORT_KEYS)
-    return tenant_id.encode() + b"\0" + request
+    return tenant_id.encode() + b"\0" + hashlib.blake2b(request, digest_size=32).digest()
 
 
 def allows_cache(cache_control: str | None) -> bool:
@@ -58,14 +59,25 @@ class ResponseCache(Protocol):
 
 
 class MemoryCache:
-    """Least-recently-used, at most ``max_entries``; expired entries are dropped when met."""
+    """Least-recently-used, at most ``max_entries`` holding at most ``max_bytes`` of keys and
+    answers (an answer larger than that is not kept); expired entries are dropped when met."""
 
     def __init__(
-        self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+        self,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._entries: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._clock = clock
+
+    @property
+    def size_bytes(self) -> int:
+        """What the entries' keys and answers take."""
+        return self._bytes
 
     async def get(self, key: CacheKey) -> JSON | None:
         return self.lookup(key)
@@ -81,6 +93,7 @@ class MemoryCache:
         expires, raw = found
         if expires <= self._clock():
             del self._entries[key]
+            self._bytes -= len(key) + len(raw)
             return None
         self._entries.move_to_end(key)
         value: JSON = orjson.loads(raw)
@@ -88,16 +101,23 @@ class MemoryCache:
 
     def keep(self, key: CacheKey, raw: bytes, ttl_seconds: float) -> None:
         """`set`, without a coroutine."""
+        size = len(key) + len(raw)
+        if size > self._max_bytes:
+            return
         entries = self._entries
-        fresh = key not in entries
+        old = entries.get(key)
         entries[key] = (self._clock() + ttl_seconds, raw)
-        if not fresh:
+        if old is not None:
             entries.move_to_end(key)
-        elif len(entries) > self._max:
-            entries.popitem(last=False)
+            self._bytes -= len(key) + len(old[1])
+        self._bytes += size
+        while len(entries) > self._max or self._bytes > self._max_bytes:
+            dropped, (_, answer) = entries.popitem(last=False)
+            self._bytes -= len(dropped) + len(answer)
 
     async def aclose(self) -> None:
         self._entries.clear()
+        self._bytes = 0
 
 
 class RedisCache:
@@ -109,9 +129,8 @@ class RedisCache:
         self._prefix = prefix
 
     def redis_key(self, key: CacheKey) -> str:
-        tenant, _, request = key.partition(b"\0")
-        digest = hashlib.blake2b(request, digest_size=32).hexdigest()
-        return f"{self._prefix}{tenant.decode()}:{digest}"
+        tenant, _, digest = key.partition(b"\0")
+        return f"{self._prefix}{tenant.decode()}:{digest.hex()}"
 
     async def get(self, key: CacheKey) -> JSON | None:
         try:
