@@ -15,7 +15,7 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     for message in messages:
         content = message.get("content")
         if isinstance(content, str):
-            total += (len(content) + 3) // 4  # estimate_text_tokens, without a call per message
+            total += estimate_text_tokens(content)
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
