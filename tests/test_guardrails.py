@@ -366,6 +366,10 @@ _FRAGMENTS = [
     "hello there",
     "What's my PASSWORD?",
     "my credit   card",
+    "a CRED\u0130T CARD",  # the dotted capital I lower-cases to two characters; re reads an i
+    "a cred\u0131t card and a \u017fecret",  # re reads the dotless i as i, the long s as s
+    "the card of credit",
+    "a secret card",
     "how to hack a server",
     "write to jane@example.com",
     f"card {VALID_CARD}",
@@ -387,6 +391,9 @@ _POLICIES = [
         blocked_tools=("mcp_finance",),
     ),
     GuardrailPolicy(refusal_rules=(RefusalRule("regex", r"\bbomb\b", "Violence"),)),
+    GuardrailPolicy(
+        sensitive_prompt_patterns=(r"re:secret\s*card", r"re:cred[a-z]t card", "re:\u017fecret"),
+    ),
     GuardrailPolicy(pii_actions={"email": "log"}),
     GuardrailPolicy(pii_actions={"phone": "redact", "iban": "log"}, blocked_tools=("x",)),
     GuardrailPolicy(blocked_tools=("mcp_finance",), blocked_tools_action="refuse"),

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from switchboard.policy import pii
 from switchboard.policy.intents import IntentClassifier
+from switchboard.policy.literals import required_literal
 
 JSON = dict[str, Any]
 PiiAction = Literal["block", "redact", "log"]
@@ -207,6 +208,9 @@ class PatternRule:
     plain: tuple[tuple[str, int], ...]  # (lower-cased text, index of the pattern)
     regex: re.Pattern[str] | None  # every regular expression, one group each
     regex_index: tuple[int, ...]  # group number -> index of the pattern
+    # Per regular expression, text every match of it contains (`literals`); None when one of
+    # them has none: only a text holding one of these can match `regex`.
+    regex_hints: tuple[str, ...] | None
     findings: tuple[str, ...]  # per pattern: what is noted when it is found
     reasons: tuple[str, ...]  # per pattern: the refusal reason
 
@@ -219,11 +223,13 @@ class PatternRule:
             (text.lower(), i) for i, (text, is_regex, _, _) in enumerate(patterns) if not is_regex
         )
         regexes = [(text, i) for i, (text, is_regex, _, _) in enumerate(patterns) if is_regex]
+        hints = [required_literal(text) for text, _ in regexes]
         return cls(
             name,
             plain,
             _alternation([text for text, _ in regexes]),
             tuple(i for _, i in regexes),
+            tuple(h for h in hints if h is not None) if None not in hints else None,
             tuple(finding for _, _, finding, _ in patterns),
             tuple(reason for _, _, _, reason in patterns),
         )
@@ -459,7 +465,7 @@ class QuickClear:
     this quick clear's own ``tag``)."""
 
     needles: tuple[str, ...]  # every plain pattern, lower-cased
-    regexes: tuple[re.Pattern[str], ...]
+    regexes: tuple[tuple[re.Pattern[str], tuple[str, ...] | None], ...]  # with their hints
     pii_kinds: frozenset[str]  # the PII guard's kinds; empty without one
     pii_email: bool  # emails among them: an "@" may be one
     pii_digits: int  # the fewest digits any other kind needs
@@ -487,14 +493,20 @@ class QuickClear:
         return True
 
     def _finds_nothing(self, text: str) -> bool:
-        if self.needles:
+        if self.needles or self.regexes:
             low = text.lower()
             for needle in self.needles:
                 if needle in low:
                     return False
-        for regex in self.regexes:
-            if regex.search(text):
-                return False
+            for regex, hints in self.regexes:
+                if hints is not None:  # a match needs one of them (`literals`): look for those
+                    for hint in hints:
+                        if hint in low:
+                            break
+                    else:
+                        continue
+                if regex.search(text):
+                    return False
         return not (
             self.pii_kinds
             # Most texts hold no "@" and too few digits: a C-speed look decides first.
@@ -506,14 +518,14 @@ class QuickClear:
 @functools.lru_cache(maxsize=4096)
 def _quick(policy: GuardrailPolicy, registry_version: int) -> QuickClear | None:
     needles: list[str] = []
-    regexes: list[re.Pattern[str]] = []
+    regexes: list[tuple[re.Pattern[str], tuple[str, ...] | None]] = []
     pii_guard: PiiGuard | None = None
     tools = False
     for guardrail in _chain(policy, registry_version):
         if isinstance(guardrail, PatternRule):
             needles += [needle for needle, _ in guardrail.plain]
             if guardrail.regex is not None:
-                regexes.append(guardrail.regex)
+                regexes.append((guardrail.regex, guardrail.regex_hints))
         elif isinstance(guardrail, PiiGuard):
             pii_guard = guardrail
         elif isinstance(guardrail, BlockedTools):
