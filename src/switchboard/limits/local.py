@@ -58,18 +58,23 @@ class LocalRule:
 class Compiled:
     """A plan in the form `LocalGate.try_admit` reads."""
 
-    __slots__ = ("budgets", "generation", "leases", "requests", "tokens")
+    __slots__ = ("budgets", "generation", "leases", "requests", "requests_if_full", "tokens")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 -- built in one place, `LocalGate.compile`
         self,
         generation: int,
         requests: tuple[LocalRule, ...],
+        requests_if_full: Headers,
         tokens: tuple[LocalRule, ...],
         leases: tuple[tuple[Leases, int], ...],
         budgets: tuple[tuple[Scope, int], ...],
     ) -> None:
         self.generation = generation
         self.requests = requests  # rules a request costs 1 in
+        # Their x-ratelimit headers when every one of their buckets was full before the request
+        # (a request then leaves each with one interval of backlog, so the headers are always
+        # the same): the usual case for a tenant that is not near its limits.
+        self.requests_if_full = requests_if_full
         self.tokens = tokens  # rules a request costs its tokens in
         self.leases = leases  # (the scope's lease list, most at once)
         self.budgets = budgets  # (scope, monthly limit in nano-dollars)
@@ -100,9 +105,12 @@ class LocalGate:
                 if rule.name == name
             )
 
+        # `_take` itself works out the headers of full buckets: on copies, at a clock of 0.
+        full = tuple(LocalRule(Bucket(0.0), rule) for _, rule in rules if rule.name == "requests")
         return Compiled(
             limiter.generation,
             local("requests"),
+            self._take(full, 1, 0.0, REQUESTS_HEADERS) if full else [],
             local("tokens"),
             tuple((limiter.leases(scope), most) for scope, most in leases),
             tuple(budgets) if self._budgets is not None else (),
@@ -118,10 +126,13 @@ class LocalGate:
         # Read and check. `late` is base.py's formula, in the same order of operations; a full
         # bucket (tat not after now) always fits, as the formula gives. A request needs one
         # free unit of a requests rule (its cost, 1, capped by a limit of at least 1).
+        full = True  # every requests bucket full: their headers are known (`requests_if_full`)
         for rule in plan.requests:
             tat = rule.bucket.tat
-            if tat > now and (tat - now) + rule.interval - rule.window > EPS:
-                return None
+            if tat > now:
+                if (tat - now) + rule.interval - rule.window > EPS:
+                    return None
+                full = False
         for rule in plan.tokens:
             tat = rule.bucket.tat
             if tat > now:
@@ -143,9 +154,14 @@ class LocalGate:
             for scope, _ in plan.budgets:
                 counters[(scope, month)] += amount
         # Everything fits: write, and say how much is left of the tightest rule of each kind.
-        out: Headers = []
-        if plan.requests:
-            out += self._take(plan.requests, 1, now, REQUESTS_HEADERS)
+        if not plan.requests:
+            out: Headers = []
+        elif full:
+            for rule in plan.requests:
+                rule.bucket.tat = now + rule.interval  # what `_take` writes into a full bucket
+            out = [*plan.requests_if_full]
+        else:
+            out = self._take(plan.requests, 1, now, REQUESTS_HEADERS)
         if plan.tokens:
             out += self._take(plan.tokens, tokens, now, TOKENS_HEADERS)
         if plan.leases:

@@ -10,9 +10,10 @@ Hyperscan call a literal prefilter.
 Only characters whose case-insensitive matches are exactly what ``str.lower`` maps to them go
 into a run: ASCII letters other than ``i`` and ``s`` (``re`` also matches them as the dotless
 i, U+0131, the long s, U+017F, and the dotted capital I, U+0130, which ``str.lower`` turns
-into two characters), ASCII digits, punctuation and the space. A run is taken only from the top level of the expression (inside a
-group, a repetition or an alternative, a literal is not required), and none is given for an
-expression ``re`` cannot parse: such an expression is always searched.
+into two characters), ASCII digits, punctuation and the space. A run is taken only from the
+top level of the expression (inside a group, a repetition or an alternative, a literal is not
+required), and none is given for an expression ``re`` cannot parse: such an expression is
+always searched.
 """
 
 from __future__ import annotations
