@@ -461,12 +461,11 @@ def test_a_conversation_s_cleared_turns_are_not_looked_at_again(
     monkeypatch.setattr(guardrails, "_cleared", guardrails.ClearedTexts(limit_chars=10_000))
     policy = GuardrailPolicy(sensitive_prompt_patterns=("password",), pii_actions={"email": "log"})
     history = [f"turn {i}: tell me about the sea" for i in range(5)]
-    assert _looked_at(policy, history) == history  # the first time: only their hashes noted
-    assert len(guardrails._cleared) == 0
-    assert _looked_at(policy, [*history, "and the ocean?"]) == [*history, "and the ocean?"]
-    assert len(guardrails._cleared) == 5  # cleared twice: kept
+    assert _looked_at(policy, history) == history  # the first time: all but the last kept
+    assert sorted(guardrails._cleared) == history[:-1]
+    assert _looked_at(policy, [*history, "and the ocean?"]) == [history[-1], "and the ocean?"]
     # From then on a turn looks at its last two messages: the newest, and the one before,
-    # seen for the second time.
+    # the newest of the turn before.
     turns = [*history, "and the ocean?", "and rivers?"]
     assert _looked_at(policy, turns) == ["and the ocean?", "and rivers?"]
     assert _looked_at(policy, [*turns, "and lakes?"]) == ["and rivers?", "and lakes?"]
@@ -475,34 +474,37 @@ def test_a_conversation_s_cleared_turns_are_not_looked_at_again(
 def test_a_question_asked_once_is_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(guardrails, "_cleared", guardrails.ClearedTexts(limit_chars=10_000))
     policy = GuardrailPolicy(sensitive_prompt_patterns=("password",))
-    for i in range(20):  # two sharing a bit of the 8M (about 1 in 40,000 runs) would keep one
-        assert guardrails.screen_prompt(policy, chat(f"question number {i}"))[1] is None
-    assert len(guardrails._cleared) == 0
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    for i in range(20):
+        body = {"model": "m", "messages": [system, {"role": "user", "content": f"question {i}"}]}
+        assert guardrails.screen_prompt(policy, body)[1] is None
+    assert list(guardrails._cleared) == ["You are a helpful assistant."]  # sent again each time
 
 
 def test_a_text_cleared_under_one_policy_is_still_checked_under_another() -> None:
     text = "my password is hunter2"
     lenient = GuardrailPolicy(sensitive_prompt_patterns=("credit card",))
     strict = GuardrailPolicy(sensitive_prompt_patterns=("password",))
-    for _ in range(3):  # cleared (and kept) under the lenient policy
-        assert guardrails.screen_prompt(lenient, chat(text))[1] is None
-    assert guardrails.screen_prompt(strict, chat(text))[1] == (
+    conversation = {
+        "model": "m",
+        "messages": [{"role": "user", "content": text}, {"role": "user", "content": "and?"}],
+    }
+    for _ in range(2):  # cleared (and kept) under the lenient policy
+        assert guardrails.screen_prompt(lenient, conversation)[1] is None
+    assert guardrails._cleared.get(text) is not None
+    assert guardrails.screen_prompt(strict, conversation)[1] == (
         "The request contains sensitive content."
     )
 
 
 def test_the_cleared_texts_are_bounded() -> None:
-    cleared = guardrails.ClearedTexts(limit_chars=100, once_bits=4096)
+    cleared = guardrails.ClearedTexts(limit_chars=100)
     for i in range(30):
-        cleared.keep(f"{i:010d}", 1)  # ten characters each: noted
-        cleared.keep(f"{i:010d}", 1)  # and kept
+        cleared.keep(f"{i:010d}", 1)  # ten characters each
         assert len(cleared) <= 10
+        assert sum(map(len, cleared)) <= 100
     assert cleared.get(f"{29:010d}") == 1
     assert f"{0:010d}" not in cleared
-    for i in range(5000):  # far more first sightings than the bit table takes
-        cleared.keep(f"once {i}", 1)
-        assert cleared._bits_set <= 2048  # emptied when half full
-        assert sum(map(len, cleared)) <= 100
 
 
 def test_the_cleared_texts_give_the_collector_nothing_to_walk() -> None:
@@ -510,11 +512,15 @@ def test_the_cleared_texts_give_the_collector_nothing_to_walk() -> None:
     (quick clear, text) tuples did: every full collection walked every one of them)."""
     policy = GuardrailPolicy(sensitive_prompt_patterns=("password",))
     texts = [f"a text nobody wrote before, number {i}" for i in range(200)]
-    guardrails.screen_prompt(policy, chat(texts[0]))  # the quick clear and its chain, built
+
+    def conversation(text: str) -> dict[str, Any]:
+        return {"model": "m", "messages": [{"role": "user", "content": t} for t in (text, "so?")]}
+
+    guardrails.screen_prompt(policy, conversation(texts[0]))  # the quick clear, built
     gc.collect()
     before = len(gc.get_objects())
-    for text in texts[1:] * 2:  # noted, then kept
-        assert guardrails.screen_prompt(policy, chat(text))[1] is None
+    for text in texts[1:]:
+        assert guardrails.screen_prompt(policy, conversation(text))[1] is None
     assert all(guardrails._cleared.get(text) is not None for text in texts[1:])
     gc.collect()
     assert len(gc.get_objects()) - before < 20

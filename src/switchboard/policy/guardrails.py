@@ -409,36 +409,21 @@ class ClearedTexts(dict[str, int]):
     every turn would look at every earlier message again (a ten-turn conversation: about
     57 µs a request, against the newest message alone).
 
-    A text is kept the second time it is cleared. The first time only sets a bit for its hash
-    in a fixed bit table, so a question asked once, as most are, is never held and costs no
-    allocation; a bit another text set first only makes a text kept one sighting early. The
-    texts kept are bounded by their characters, the bit table by how many bits are set; each
-    is emptied whole when full. A text cleared under another policy since is looked at again.
-    Strings and ints only: the garbage collector has nothing in it to walk."""
+    Only what a client will send again is kept: the messages before a request's last one (its
+    conversation so far, and the system prompt). The last one, the new question, is kept when
+    it comes back as an earlier turn; a question asked once, as most are, is never held. Kept
+    texts are bounded by their characters, and all dropped at once when full. A text cleared
+    under another policy since is looked at again. Strings and ints only: the garbage
+    collector has nothing in it to walk."""
 
-    __slots__ = ("_bits_set", "_chars", "_limit", "_mask", "_max_bits", "_once")
+    __slots__ = ("_chars", "_limit")
 
-    def __init__(self, limit_chars: int, once_bits: int = 1 << 23) -> None:
+    def __init__(self, limit_chars: int) -> None:
         super().__init__()
-        if once_bits & (once_bits - 1) or once_bits < 8:
-            raise ValueError("once_bits must be a power of two, at least 8")
         self._chars = 0
         self._limit = limit_chars
-        self._once = bytearray(once_bits // 8)  # 1 MiB by default
-        self._mask = once_bits - 1
-        self._bits_set = 0
-        self._max_bits = once_bits // 2  # beyond half full, too many texts would seem seen
 
     def keep(self, text: str, tag: int) -> None:
-        seen = hash(text) & self._mask
-        once, byte, bit = self._once, seen >> 3, 1 << (seen & 7)
-        if not once[byte] & bit:  # the first time any policy cleared it: note it only
-            if self._bits_set >= self._max_bits:
-                once[:] = bytes(len(once))
-                self._bits_set = 0
-            once[byte] |= bit
-            self._bits_set += 1
-            return
         size = len(text)
         if self._chars + size > self._limit:
             self.clear()
@@ -477,7 +462,9 @@ class QuickClear:
         if self.tools and body.get("tools"):
             return False
         cleared, tag = _cleared, self.tag
-        for message in body.get("messages") or ():
+        messages = body.get("messages") or ()
+        last = messages[-1] if messages else None  # the new question: not kept (`ClearedTexts`)
+        for message in messages:
             if message.get("role") == "assistant":
                 continue
             text = message.get("content")
@@ -489,7 +476,8 @@ class QuickClear:
                 continue
             if not self._finds_nothing(text):
                 return False
-            cleared.keep(text, tag)
+            if message is not last:
+                cleared.keep(text, tag)
         return True
 
     def _finds_nothing(self, text: str) -> bool:
