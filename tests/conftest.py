@@ -363,13 +363,16 @@ def gateway(
     fake_anthropic: ServerThread,
     fake_bedrock: ServerThread,
 ) -> Iterator[RunningGateway]:
-    """The gateway as a real server on a loopback port, once per database backend."""
+    """The gateway as a real server on a loopback port, once per database backend. On
+    PostgreSQL it keeps its response cache in the local Redis, as replicas do in production;
+    on SQLite, in process."""
     data_dir = tmp_path_factory.mktemp("gateway")
     url = gateway_database(request, data_dir)
     config = gateway_config(
         fake_openai.url, fake_ollama.url, fake_anthropic.url, bedrock_url=fake_bedrock.url
     )
-    server, app = start_gateway(data_dir, url, config)
+    shared = {"cache_url": REDIS_URL} if request.param == "postgresql" else {}
+    server, app = start_gateway(data_dir, url, config, **shared)
     with server:
         yield RunningGateway(url=server.url, app=app, settings=app.state.runtime.settings)
 

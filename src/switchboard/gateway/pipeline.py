@@ -118,16 +118,15 @@ class Gateway:
         return cache_key(caller.tenant.id, endpoint, body), settings.ttl_seconds
 
     async def _cached(self, slot: _CacheSlot, event: UsageEvent, model: str) -> JSON | None:
-        """The stored answer, relabelled with the model asked for; metered as cached."""
+        """The stored answer, relabelled with the model asked for; metered as cached. With
+        the cache in process, `_cached_here` (no coroutine: most lookups miss)."""
         local = self._local_cache
         hit = local.lookup(slot[0]) if local is not None else await self.cache.get(slot[0])
-        if hit is not None:
-            hit["model"] = model
-            event.cached = True  # metered with its tokens, priced at 0
-            usage = hit.get("usage") or {}
-            event.tokens_input = int(usage.get("prompt_tokens") or 0)
-            event.tokens_output = int(usage.get("completion_tokens") or 0)
-        return hit
+        return _served_from_cache(hit, event, model) if hit is not None else None
+
+    def _cached_here(self, slot: _CacheSlot, event: UsageEvent, model: str) -> JSON | None:
+        hit = self._local_cache.lookup(slot[0])  # type: ignore[union-attr]  # callers check
+        return _served_from_cache(hit, event, model) if hit is not None else None
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -221,7 +220,11 @@ class Gateway:
         result, store = await self._chat(caller, event, body, cache_control)
         raw = orjson.dumps(result)
         if store is not None:
-            await self._store(store, raw)
+            local = self._local_cache  # in process: no coroutine
+            if local is not None:
+                local.keep(store[0], raw, store[1])
+            else:
+                await self._store(store, raw)
         return raw
 
     async def _chat(
@@ -240,7 +243,11 @@ class Gateway:
         body = screened
         slot = self._cache_slot(caller, "chat", body, cache_control)
         if slot is not None:
-            hit = await self._cached(slot, event, body["model"])
+            hit = (
+                self._cached_here(slot, event, body["model"])
+                if self._local_cache is not None
+                else await self._cached(slot, event, body["model"])
+            )
             if hit is not None:
                 return screen_answer(caller, hit, event.request_id), None
 
@@ -280,7 +287,11 @@ class Gateway:
         body = screened
         slot = self._cache_slot(caller, "chat", body, cache_control)
         if slot is not None:
-            hit = await self._cached(slot, event, body["model"])
+            hit = (
+                self._cached_here(slot, event, body["model"])
+                if self._local_cache is not None
+                else await self._cached(slot, event, body["model"])
+            )
             if hit is not None:
                 canned = self._canned(event, hit, include_usage)
                 return screen_stream(caller, canned, event.request_id)
@@ -385,6 +396,17 @@ def _chat_demand(body: JSON) -> Demand:
 
 def _embed_demand(body: JSON) -> Demand:
     return estimate_input_tokens(body["input"]), 0
+
+
+def _served_from_cache(hit: JSON, event: UsageEvent, model: str) -> JSON:
+    """A stored answer, relabelled with the model asked for; metered as cached, with its
+    tokens, priced at 0."""
+    hit["model"] = model
+    event.cached = True
+    usage = hit.get("usage") or {}
+    event.tokens_input = int(usage.get("prompt_tokens") or 0)
+    event.tokens_output = int(usage.get("completion_tokens") or 0)
+    return hit
 
 
 def _choice_tokens(choice: dict[str, Any]) -> int:
