@@ -13,6 +13,13 @@ and for a policy, and counts:
 - ``--bytecodes``: Python bytecodes executed per request, per function (``sys.settrace`` with
   opcode events), the functions that execute most first: where the interpreter spends its
   steps.
+- ``--http``: instructions per request of the whole server, ``switchboard serve`` under
+  callgrind, with the HTTP parsing and writing, the upstream client against the peers kit's
+  fake upstream, and the usage ledger (SQLite): what the in-process count leaves out. One
+  client sends the requests one after the other on one connection (so the server's per-request
+  share of waiting for the network is larger than under load, and the ratio smaller). Under
+  valgrind, OpenSSL cannot use the CPU's SHA instructions: the response cache's SHA-256 counts
+  about 8,000 instructions a request there, which the hardware does in a few hundred cycles.
 
 Each request asks a new question (a response cache misses); ``--history N`` puts N earlier
 turns of about 300 characters before it, as a chat client sends a conversation. Run by hand:
@@ -20,6 +27,7 @@ turns of about 300 characters before it, as a chat client sends a conversation. 
     python bench/instructions.py                               # bare and tenant-governed-cache
     python bench/instructions.py --policy bench/tenant-governed.json --history 10
     python bench/instructions.py --bytecodes
+    python bench/instructions.py --http --requests 300           # the server, several minutes
 """
 
 from __future__ import annotations
@@ -27,18 +35,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import http.client
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import orjson
 from policy_overhead import BODY, InstantProvider, NullRecorder, caller
+from run import ADMIN_KEY, admin_post, free_port, stop_all, wait_http
 
 from switchboard.config import parse_config
 from switchboard.gateway import Gateway, Router, build_catalog
@@ -68,10 +80,7 @@ async def _run(policy: dict[str, Any], requests: int, history: int, trace: Any =
     catalog = await build_catalog(config, {"instant": InstantProvider()}, PriceTable())  # type: ignore[dict-item]
     gateway = Gateway(Router(catalog, config.router), NullRecorder())  # type: ignore[arg-type]
     who = caller(policy)
-    turns = [
-        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}. " + SENTENCE * 2}
-        for i in range(history)
-    ]
+    turns = _turns(history)
 
     async def one(i: int) -> None:
         # New string objects every time, as a request parsed from JSON has.
@@ -88,6 +97,13 @@ async def _run(policy: dict[str, Any], requests: int, history: int, trace: Any =
     for i in range(requests):
         await one(1_000 + i)
     sys.settrace(None)
+
+
+def _turns(history: int) -> list[dict[str, str]]:
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"Turn {i}. " + SENTENCE * 2}
+        for i in range(history)
+    ]
 
 
 def _user(text: str) -> dict[str, str]:
@@ -127,6 +143,82 @@ def _instructions(policy: str | None, requests: int, history: int) -> float:
     return (counts[1] - counts[0]) / (2 * requests)
 
 
+def _http_instructions(policy: str | None, requests: int, history: int, peers: Path) -> float:
+    """Instructions per request of `switchboard serve` under callgrind: two servers, one
+    answering ``requests`` and one three times as many, the difference divided."""
+    work = Path(tempfile.mkdtemp(prefix="sb-instructions-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        upstream = free_port()
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(peers / "fake_upstream.py"), "--port", str(upstream)],
+                env={**os.environ, "FAKE_DELAY_MS": "0"},
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        wait_http(f"http://127.0.0.1:{upstream}/health")
+        config = work / "switchboard.yaml"
+        config.write_text(
+            (HERE / "gateway.yaml")
+            .read_text()
+            .replace("UPSTREAM_URL", f"http://127.0.0.1:{upstream}")
+        )
+        counts = [
+            _serve_counted(work / f"run{n}", config, policy, n, history)
+            for n in (requests, 3 * requests)
+        ]
+        return (counts[1] - counts[0]) / (2 * requests)
+    finally:
+        stop_all(procs)
+
+
+def _serve_counted(
+    work: Path, config: Path, policy: str | None, requests: int, history: int
+) -> int:
+    """One server under callgrind, 100 requests to warm it up and ``requests`` more."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "0",
+        "PYTHONPATH": str(HERE.parent / "src"),  # this tree's gateway
+        "SWITCHBOARD_DATA_DIR": str(work),
+        "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
+        "SWITCHBOARD_LOG_LEVEL": "warning",
+    }
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+    command += ["-m", "switchboard", "serve", "--config", str(config), "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/readyz", seconds=600)  # start-up under valgrind is slow
+        admin_post(url, "/admin/v1/tenants", {"slug": "counted", "usage_mode": "hybrid"})
+        key = str(admin_post(url, "/admin/v1/tenants/counted/keys", {})["key"])
+        if policy:
+            admin_post(url, "/admin/v1/tenants/counted/config", _policy(policy), method="PUT")
+        turns = _turns(history)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        for i in range(100 + requests):
+            messages = [BODY["messages"][0], *turns, _user(_question(i))]
+            body = orjson.dumps({**BODY, "messages": messages})
+            connection.request("POST", "/v1/chat/completions", body, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"the server answered {response.status}")
+        connection.close()
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=600)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    found = re.search(rb"Collected : (\d+)", err)
+    if found is None:
+        raise SystemExit(f"callgrind printed no count:\n{err[-2000:].decode(errors='replace')}")
+    return int(found[1])
+
+
 def _bytecodes(policy: str | None, requests: int, history: int) -> None:
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
@@ -150,6 +242,8 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--bytecodes", action="store_true")
+    parser.add_argument("--http", action="store_true", help="count the whole server")
+    parser.add_argument("--peers", type=Path, default=HERE.parent.parent / "shared" / "peers")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:  # one run, under valgrind
@@ -161,9 +255,15 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed: apt-get install -y valgrind")
-    bare = _instructions(None, args.requests, args.history)
-    governed = _instructions(args.policy, args.requests, args.history)
-    print(f"history {args.history} turns, {args.requests} and {3 * args.requests} requests")
+    if args.http:
+        bare = _http_instructions(None, args.requests, args.history, args.peers)
+        governed = _http_instructions(args.policy, args.requests, args.history, args.peers)
+    else:
+        bare = _instructions(None, args.requests, args.history)
+        governed = _instructions(args.policy, args.requests, args.history)
+    where = "the server, over HTTP" if args.http else "in process"
+    runs = f"{args.requests} and {3 * args.requests} requests"
+    print(f"{where}, history {args.history} turns, {runs}")
     print(f"bare      {bare:10,.0f} instructions a request")
     print(f"governed  {governed:10,.0f} instructions a request ({Path(args.policy).name})")
     print(f"policy steps +{governed - bare:,.0f} ({governed / bare:.2f}x the bare pipeline)")

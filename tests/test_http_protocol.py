@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from typing import Any
 
@@ -229,6 +230,13 @@ HEADS: list[tuple[str, int, list[tuple[bytes, bytes]], bool]] = [
     ("GET", 204, [], True),
     ("GET", 304, [(b"etag", b'"abc"')], True),
     ("POST", 429, [(b"retry-after", b"1"), (b"x-ratelimit-reset-tokens", b"1m0.5s")], True),
+    ("GET", 200, [(b"content-length", b"5"), (b"Content-Length", b"7")], True),  # the first
+    ("POST", 200, [(b"transfer-encoding", b"chunked"), (b"content-length", b"3")], True),
+    ("POST", 200, [(b"content-length", b"3"), (b"Transfer-Encoding", b"Chunked")], True),
+    ("GET", 200, [(b"Content-Length", b"1"), (b"Connection", b"close")], False),
+    ("GET", 200, [(b"content-length", b"1"), (b"connection", b"keep-alive")], False),
+    ("GET", 200, [(b"transfer-encoding", b"gzip")], True),
+    ("POST", 200, [(f"x-h{i}".encode(), f"v{i}".encode()) for i in range(15)], True),
 ]
 
 
@@ -244,6 +252,37 @@ async def test_the_head_is_what_uvicorn_writes(
     assert ours_out.writes == theirs_out.writes
     state = ("response_started", "chunked_encoding", "expected_content_length", "keep_alive")
     assert [getattr(ours, a) for a in state] == [getattr(theirs, a) for a in state]
+
+
+_VOCABULARY = [
+    (b"content-type", b"application/json"),
+    (b"Content-Length", b"12"),
+    (b"content-length", b"3"),
+    (b"transfer-encoding", b"chunked"),
+    (b"Transfer-Encoding", b"identity"),
+    (b"connection", b"close"),
+    (b"Connection", b"Upgrade, keep-alive"),
+    (b"x-ratelimit-remaining-requests", b"59"),
+    (b"X-Request-Id", b"req_1"),
+    (b"retry-after", b"1"),
+]
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_random_heads_are_what_uvicorn_writes(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(150):
+        headers = [rng.choice(_VOCABULARY) for _ in range(rng.randint(0, 6))]
+        method, status = rng.choice(["GET", "POST", "HEAD"]), rng.choice([200, 204, 304, 429])
+        keep_alive = rng.random() < 0.7
+        message = {"type": "http.response.start", "status": status, "headers": headers}
+        ours, ours_out = _cycle(HeadCycle, method, keep_alive)
+        theirs, theirs_out = _cycle(RequestResponseCycle, method, keep_alive)
+        await ours.send(message)
+        await theirs.send(message)
+        assert ours_out.writes == theirs_out.writes, headers
+        state = ("chunked_encoding", "expected_content_length", "keep_alive")
+        assert [getattr(ours, a) for a in state] == [getattr(theirs, a) for a in state]
 
 
 @pytest.mark.parametrize(
