@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import ADMIN_KEY, ROOT, admin_post, free_port, stop_all, wait_http
+from run import ADMIN_KEY, ROOT, admin_post, free_port, start_upstream, stop_all, wait_http
 
 
 def gateway_cpu_ns(pid: int) -> int:
@@ -143,18 +143,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sb-ab-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        up_port = free_port()
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(args.peers / "fake_upstream.py"), "--port", str(up_port)],
-                env={**os.environ, "FAKE_DELAY_MS": "0"},
-            )
-        )
-        wait_http(f"http://127.0.0.1:{up_port}/health")
+        upstream, upstream_url = start_upstream(args.peers)
+        procs.append(upstream)
         config = work / "switchboard.yaml"
-        config.write_text(
-            args.config.read_text().replace("UPSTREAM_URL", f"http://127.0.0.1:{up_port}")
-        )
+        config.write_text(args.config.read_text().replace("UPSTREAM_URL", upstream_url))
         specs = (("A", args.root_a, args.policy_a), ("B", args.root_b, args.policy_b))
         sides: dict[str, tuple[int, str, str]] = {}
         for name, root, policy in specs:

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import uvloop
+from run import start_upstream
 
 from switchboard.config import ProviderConfig
 from switchboard.providers import build_provider
@@ -38,32 +34,6 @@ BODY = {
     ],
     "max_tokens": 32,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_upstream(peers: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "FAKE_STREAM_TOKENS": "20", "FAKE_DELAY_MS": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, str(peers / "fake_upstream.py"), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1):
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise SystemExit("the fake upstream did not come up")
 
 
 async def one(provider: Provider, stream: bool) -> None:

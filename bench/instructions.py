@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 from policy_overhead import BODY, InstantProvider, NullRecorder, caller
-from run import ADMIN_KEY, admin_post, free_port, stop_all, wait_http
+from run import ADMIN_KEY, admin_post, free_port, start_upstream, stop_all, wait_http
 
 from switchboard.config import parse_config
 from switchboard.gateway import Gateway, Router, build_catalog
@@ -149,21 +149,10 @@ def _http_instructions(policy: str | None, requests: int, history: int, peers: P
     work = Path(tempfile.mkdtemp(prefix="sb-instructions-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        upstream = free_port()
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(peers / "fake_upstream.py"), "--port", str(upstream)],
-                env={**os.environ, "FAKE_DELAY_MS": "0"},
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        wait_http(f"http://127.0.0.1:{upstream}/health")
+        upstream, upstream_url = start_upstream(peers)
+        procs.append(upstream)
         config = work / "switchboard.yaml"
-        config.write_text(
-            (HERE / "gateway.yaml")
-            .read_text()
-            .replace("UPSTREAM_URL", f"http://127.0.0.1:{upstream}")
-        )
+        config.write_text((HERE / "gateway.yaml").read_text().replace("UPSTREAM_URL", upstream_url))
         counts = [
             _serve_counted(work / f"run{n}", config, policy, n, history)
             for n in (requests, 3 * requests)

@@ -46,6 +46,22 @@ def wait_http(url: str, seconds: float = 30.0) -> None:
     raise SystemExit(f"{url} did not come up within {seconds} s")
 
 
+def start_upstream(peers: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The peers kit's fake OpenAI upstream on a free loopback port, answering at once (20
+    content chunks a stream): its process and its URL."""
+    port = free_port()
+    env = {**os.environ, "FAKE_STREAM_TOKENS": "20", "FAKE_DELAY_MS": "0"}
+    command = [sys.executable, str(peers / "fake_upstream.py"), "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health")
+    except BaseException:
+        proc.terminate()
+        raise
+    return proc, url
+
+
 def admin_post(
     base: str, path: str, body: dict[str, object], method: str = "POST"
 ) -> dict[str, object]:
@@ -105,16 +121,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
-    up_port, gw_port = free_port(), free_port()
-    env = {**os.environ, "FAKE_STREAM_TOKENS": "20", "FAKE_DELAY_MS": "0"}
+    gw_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        upstream = subprocess.Popen(
-            [sys.executable, str(peers / "fake_upstream.py"), "--port", str(up_port)], env=env
-        )
+        upstream, upstream_url = start_upstream(peers)
         procs.append(upstream)
-        upstream_url = f"http://127.0.0.1:{up_port}"
-        wait_http(upstream_url + "/health")
         config = work / "switchboard.yaml"
         template = (
             args.config.read_text()
