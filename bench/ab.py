@@ -16,6 +16,7 @@ Only 127.0.0.1 is a target; every round is bounded by its request count and wrk'
     python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts   # cache misses
     python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts --prompt-numbers
     python bench/ab.py --policy-b bench/tenant-governed-cache.json --unique-prompts --history 10
+    python bench/ab.py --pin ...          # the gateways on a core of their own
 """
 
 from __future__ import annotations
@@ -132,7 +133,20 @@ def main() -> None:
         help="with --unique-prompts: this many earlier turns (about 300 characters each) "
         "before every new question, as a chat client sends the conversation",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the gateways on the last CPU, the upstream and wrk on the others: the gateways "
+        "do not share a core's caches with the load (less noise on a small machine)",
+    )
     args = parser.parse_args()
+    gateway_cpu: int | None = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least two CPUs")
+        gateway_cpu = cpus[-1]
+        os.sched_setaffinity(0, set(cpus[:-1]))  # this script, and so the upstream and wrk
     if args.history and not args.unique_prompts:
         parser.error("--history needs --unique-prompts")
     if shutil.which("wrk") is None:
@@ -159,6 +173,8 @@ def main() -> None:
                 "SWITCHBOARD_LOG_LEVEL": "warning",
             }
             command = [sys.executable, "-m", "switchboard", "serve", "--config", str(config)]
+            if gateway_cpu is not None:
+                command = ["taskset", "-c", str(gateway_cpu), *command]
             proc = subprocess.Popen([*command, "--port", str(port)], env=env)
             procs.append(proc)
             url = f"http://127.0.0.1:{port}"

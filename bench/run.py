@@ -49,6 +49,8 @@ def wait_http(url: str, seconds: float = 30.0) -> None:
 def start_upstream(peers: Path) -> tuple[subprocess.Popen[bytes], str]:
     """The peers kit's fake OpenAI upstream on a free loopback port, answering at once (20
     content chunks a stream): its process and its URL."""
+    if not (peers / "fake_upstream.py").exists():
+        raise SystemExit(f"the peers kit is not at {peers}: pass --peers")
     port = free_port()
     env = {**os.environ, "FAKE_STREAM_TOKENS": "20", "FAKE_DELAY_MS": "0"}
     command = [sys.executable, str(peers / "fake_upstream.py"), "--port", str(port)]
