@@ -9,12 +9,9 @@ with the body's first bytes, in one call; a head is never held past the current 
 
 uvicorn also checks every header name and value for forbidden bytes with two regular
 expression searches per header: with the x-ratelimit and x-switchboard headers, 26 searches a
-response, most of their time spent walking a character class byte by byte, and then went
-through the headers one by one in Python. `HeadCycle` writes the same head after one check of
-all names and one of all values (``bytes.translate`` with uvicorn's own forbidden bytes), and
-lower-cases and joins the lines with ``map`` and ``zip``, all in C; only a head with a
-transfer-encoding or a connection header is read header by header, as uvicorn reads it.
-Everything else is uvicorn's.
+response, most of their time spent walking a character class byte by byte. `HeadCycle`
+writes the same head after one check of all names and one of all values (``bytes.translate``
+with uvicorn's own forbidden bytes, in C); everything else is uvicorn's.
 """
 
 from __future__ import annotations
@@ -81,9 +78,7 @@ class CorkedTransport:
 # The bytes uvicorn's patterns refuse in a header name and in a header value.
 _BAD_NAME = bytes(b for b in range(256) if HEADER_RE.search(bytes([b])))
 _BAD_VALUE = bytes(b for b in range(256) if HEADER_VALUE_RE.search(bytes([b])))
-# The headers that frame the body, which uvicorn reads; and one line of the head.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
-_LINE = b"%s: %s\r\n"
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))  # read by uvicorn
 
 
 class HeadCycle(RequestResponseCycle):
@@ -105,24 +100,30 @@ class HeadCycle(RequestResponseCycle):
         self.waiting_for_100_continue = False
         status_code = message["status"]
         headers = self.default_headers + list(message.get("headers", []))
-        # Every step below runs in C over all the headers at once: a response carries about
-        # fifteen, and a Python loop over them cost some 40 bytecodes each.
-        names, values = zip(*headers, strict=True) if headers else ((), ())
-        joined = b"".join(names)
-        if len(joined.translate(None, _BAD_NAME)) != len(joined):
+        names = b"".join([name for name, _ in headers])
+        if len(names.translate(None, _BAD_NAME)) != len(names):
             raise RuntimeError("Invalid HTTP header name.")
-        joined = b"".join(values)
-        if len(joined.translate(None, _BAD_VALUE)) != len(joined):
+        values = b"".join([value for _, value in headers])
+        if len(values.translate(None, _BAD_VALUE)) != len(values):
             raise RuntimeError("Invalid HTTP header value.")
-        lowered = [*map(bytes.lower, names)]
+        content = [STATUS_LINE[status_code]]
         closes = False
-        if not _FRAMING.isdisjoint(lowered):
-            if b"transfer-encoding" in lowered or b"connection" in lowered:
-                closes = self._framing(lowered, values)
-            elif self.chunked_encoding is None:  # a content-length alone: the first one counts
-                self.expected_content_length = int(values[lowered.index(b"content-length")])
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered not in _FRAMING:  # most headers: one set lookup, not three comparisons
+                pass
+            elif lowered == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
                 self.chunked_encoding = False
-        content = [STATUS_LINE[status_code], *map(_LINE.__mod__, zip(lowered, values, strict=True))]
+            elif lowered == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif lowered == b"connection" and b"close" in [
+                token.lower().strip() for token in value.split(b",")
+            ]:
+                self.keep_alive = False
+                closes = True
+            content += (lowered, b": ", value, b"\r\n")
         if not self.keep_alive and not closes:
             content.append(b"connection: close\r\n")
         if (
@@ -134,25 +135,6 @@ class HeadCycle(RequestResponseCycle):
             content.append(b"transfer-encoding: chunked\r\n")
         content.append(b"\r\n")
         self.transport.write(b"".join(content))
-
-    def _framing(self, lowered: list[bytes], values: tuple[bytes, ...]) -> bool:
-        """uvicorn's reading of the headers that frame the body, header by header, for a
-        head with a transfer-encoding or a connection header; True if one closes the
-        connection."""
-        closes = False
-        for name, value in zip(lowered, values, strict=True):
-            if name == b"content-length" and self.chunked_encoding is None:
-                self.expected_content_length = int(value.decode())
-                self.chunked_encoding = False
-            elif name == b"transfer-encoding" and value.lower() == b"chunked":
-                self.expected_content_length = 0
-                self.chunked_encoding = True
-            elif name == b"connection" and b"close" in [
-                token.lower().strip() for token in value.split(b",")
-            ]:
-                self.keep_alive = False
-                closes = True
-        return closes
 
 
 class CorkedHttpToolsProtocol(HttpToolsProtocol):
