@@ -52,6 +52,7 @@ import orjson
 from policy_overhead import BODY, InstantProvider, NullRecorder, caller
 from run import ADMIN_KEY, admin_post, free_port, start_upstream, stop_all, wait_http
 
+import switchboard
 from switchboard.config import parse_config
 from switchboard.gateway import Gateway, Router, build_catalog
 from switchboard.metering import PriceTable
@@ -170,10 +171,16 @@ def _serve_counted(
     env = {
         **os.environ,
         "PYTHONHASHSEED": "0",
-        "PYTHONPATH": str(HERE.parent / "src"),  # this tree's gateway
+        # The gateway this script imported (the same build as the in-process count).
+        "PYTHONPATH": str(Path(switchboard.__file__).resolve().parents[1]),
         "SWITCHBOARD_DATA_DIR": str(work),
         "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
         "SWITCHBOARD_LOG_LEVEL": "warning",
+        # Work done per second, not per request, would be counted some fifty times over
+        # under valgrind, and by how fast it ran: the usage ledger is written at the end, in
+        # batches of 500 (as a busy server writes it), and the API key is looked up once.
+        "SWITCHBOARD_USAGE_FLUSH_INTERVAL_SECONDS": "3600",
+        "SWITCHBOARD_KEY_CACHE_TTL_SECONDS": "3600",
     }
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
     command += ["-m", "switchboard", "serve", "--config", str(config), "--port", str(port)]
