@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from switchboard.policy import literals
 from switchboard.policy.literals import required_literal
 
 
@@ -79,3 +80,8 @@ def test_the_characters_re_matches_beyond_case(pattern: str, text: str) -> None:
     literal = required_literal(pattern)
     assert literal is not None
     assert literal in text.lower()
+
+
+def test_without_re_s_parser_every_expression_is_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(literals, "_parser", None)
+    assert required_literal(r"credit\s+card") is None

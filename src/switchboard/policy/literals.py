@@ -3,7 +3,7 @@
 A guardrail's regular expression (``re:credit\\s+card``) is searched with ``re.IGNORECASE``,
 which walks the text character by character: about 70 instructions a character, the dearest
 part of clearing a plain prompt. Most such patterns hold a run of plain letters every match
-contains (``card``); when the lower-cased text (which the quick clear has already) does not
+contains (``cred``); when the lower-cased text (which the quick clear has already) does not
 hold that run, the expression cannot match, and the search is skipped. This is what RE2 and
 Hyperscan call a literal prefilter.
 
@@ -23,9 +23,13 @@ import re
 from typing import Any
 
 # `re`'s own parser (`sre_parse` is its deprecated public name); private, so reached with care:
-# anything unexpected in what it returns means "no prefilter", never a wrong one.
-_parser: Any = importlib.import_module("re._parser")
-_LITERAL: Any = importlib.import_module("re._constants").LITERAL
+# without it, or with anything unexpected in what it returns, there is no prefilter, never a
+# wrong one.
+try:
+    _parser: Any = importlib.import_module("re._parser")
+    _LITERAL: Any = importlib.import_module("re._constants").LITERAL
+except (ImportError, AttributeError):  # another Python's `re`
+    _parser = _LITERAL = None
 
 # What may go into a run: printable ASCII, without the letters whose case-insensitive matches
 # str.lower does not give (see the module docstring).
@@ -35,6 +39,8 @@ _SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - set("iIsS")
 def required_literal(pattern: str) -> str | None:
     """The longest run of characters (lower-cased) that every match of ``pattern``, searched
     case-insensitively, contains; None when there is none to be sure of."""
+    if _parser is None:
+        return None
     try:
         parsed = _parser.parse(pattern, re.IGNORECASE)  # as the guardrails compile it
         items = list(parsed.data)
