@@ -46,6 +46,12 @@ def gateway_cpu_ns(pid: int) -> int:
     return total
 
 
+def gateway_user_system_ticks(pid: int) -> tuple[int, int]:
+    """User and system CPU of ``pid`` (all its threads), in clock ticks (``SC_CLK_TCK``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]), int(fields[12])
+
+
 def wrk_round(wrk_script: Path, url: str, key: str, args: argparse.Namespace) -> tuple[float, int]:
     """One round: (requests/s, requests answered)."""
     if args.unique_prompts:
@@ -139,6 +145,15 @@ def main() -> None:
         help="the gateways on the last CPU, the upstream and wrk on the others: the gateways "
         "do not share a core's caches with the load (less noise on a small machine)",
     )
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--env-{side}",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable for gateway {side.upper()} only (repeatable), "
+            "e.g. SWITCHBOARD_CACHE_MAX_ENTRIES=100",
+        )
     args = parser.parse_args()
     gateway_cpu: int | None = None
     if args.pin:
@@ -162,6 +177,7 @@ def main() -> None:
         config = work / "switchboard.yaml"
         config.write_text(args.config.read_text().replace("UPSTREAM_URL", upstream_url))
         specs = (("A", args.root_a, args.policy_a), ("B", args.root_b, args.policy_b))
+        extra_env = {"A": args.env_a, "B": args.env_b}
         sides: dict[str, tuple[int, str, str]] = {}
         for name, root, policy in specs:
             port = free_port()
@@ -171,6 +187,7 @@ def main() -> None:
                 "SWITCHBOARD_DATA_DIR": str(work / f"data-{name}"),
                 "SWITCHBOARD_ADMIN_KEY": ADMIN_KEY,
                 "SWITCHBOARD_LOG_LEVEL": "warning",
+                **dict(item.split("=", 1) for item in extra_env[name]),
             }
             command = [sys.executable, "-m", "switchboard", "serve", "--config", str(config)]
             if gateway_cpu is not None:
@@ -187,13 +204,20 @@ def main() -> None:
                 admin_post(url, f"/admin/v1/tenants/{slug}/config", body, method="PUT")
             sides[name] = (proc.pid, url, key)
         results: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+        split: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}  # user, system ms
         for round_ in range(args.rounds + 1):  # round 0 warms both up and is not counted
             for name, (pid, url, key) in sides.items():
                 before = gateway_cpu_ns(pid)
+                user, system = gateway_user_system_ticks(pid)
                 rps, answered = wrk_round(wrk_script, url, key, args)
                 cpu_ms = (gateway_cpu_ns(pid) - before) / 1e6 / answered
+                user_after, system_after = gateway_user_system_ticks(pid)
                 if round_:
                     results[name].append((rps, cpu_ms))
+                    tick_ms = 1000 / os.sysconf("SC_CLK_TCK") / answered
+                    split[name].append(
+                        ((user_after - user) * tick_ms, (system_after - system) * tick_ms)
+                    )
         for name, root, policy in specs:
             rows = results[name]
             rps = statistics.median(r for r, _ in rows)
@@ -203,6 +227,9 @@ def main() -> None:
                 f"median {rps:,.0f} req/s, {cpu:.3f} ms CPU/request; rounds: "
                 + ", ".join(f"{c:.3f}" for _, c in rows)
             )
+            user_ms = statistics.median(u for u, _ in split[name])
+            system_ms = statistics.median(s for _, s in split[name])
+            print(f"   user {user_ms:.3f} ms, system {system_ms:.3f} ms a request (medians)")
         a = statistics.median(c for _, c in results["A"])
         b = statistics.median(c for _, c in results["B"])
         # Each B round ran right after its A round: their ratio cancels the host's slow drift.

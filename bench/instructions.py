@@ -44,12 +44,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import orjson
-from policy_overhead import BODY, InstantProvider, NullRecorder, caller
+from policy_overhead import BODY, InstantProvider, NullRecorder, caller, limits
 from run import ADMIN_KEY, admin_post, free_port, start_upstream, stop_all, wait_http
 
 import switchboard
@@ -79,7 +80,7 @@ def _question(i: int) -> str:
 async def _run(policy: dict[str, Any], requests: int, history: int, trace: Any = None) -> None:
     config = parse_config(CONFIG, source="<bench>")
     catalog = await build_catalog(config, {"instant": InstantProvider()}, PriceTable())  # type: ignore[dict-item]
-    gateway = Gateway(Router(catalog, config.router), NullRecorder())  # type: ignore[arg-type]
+    gateway = Gateway(Router(catalog, config.router), NullRecorder(), limits=limits())  # type: ignore[arg-type]
     who = caller(policy)
     turns = _turns(history)
 
@@ -144,7 +145,14 @@ def _instructions(policy: str | None, requests: int, history: int) -> float:
     return (counts[1] - counts[0]) / (2 * requests)
 
 
-def _http_instructions(policy: str | None, requests: int, history: int, peers: Path) -> float:
+def _http_instructions(
+    policy: str | None,
+    requests: int,
+    history: int,
+    peers: Path,
+    concurrency: int,
+    profiles: Path | None = None,
+) -> float:
     """Instructions per request of `switchboard serve` under callgrind: two servers, one
     answering ``requests`` and one three times as many, the difference divided."""
     work = Path(tempfile.mkdtemp(prefix="sb-instructions-"))
@@ -155,7 +163,17 @@ def _http_instructions(policy: str | None, requests: int, history: int, peers: P
         config = work / "switchboard.yaml"
         config.write_text((HERE / "gateway.yaml").read_text().replace("UPSTREAM_URL", upstream_url))
         counts = [
-            _serve_counted(work / f"run{n}", config, policy, n, history)
+            _serve_counted(
+                work / f"run{n}",
+                config,
+                policy,
+                n,
+                history,
+                concurrency,
+                profiles / f"callgrind.{Path(policy).stem if policy else 'bare'}.{n}"
+                if profiles
+                else None,
+            )
             for n in (requests, 3 * requests)
         ]
         return (counts[1] - counts[0]) / (2 * requests)
@@ -164,9 +182,16 @@ def _http_instructions(policy: str | None, requests: int, history: int, peers: P
 
 
 def _serve_counted(
-    work: Path, config: Path, policy: str | None, requests: int, history: int
+    work: Path,
+    config: Path,
+    policy: str | None,
+    requests: int,
+    history: int,
+    concurrency: int,
+    profile: Path | None = None,
 ) -> int:
-    """One server under callgrind, 100 requests to warm it up and ``requests`` more."""
+    """One server under callgrind, 100 requests to warm it up and ``requests`` more, over
+    ``concurrency`` connections at once."""
     port = free_port()
     env = {
         **os.environ,
@@ -182,7 +207,9 @@ def _serve_counted(
         "SWITCHBOARD_USAGE_FLUSH_INTERVAL_SECONDS": "3600",
         "SWITCHBOARD_KEY_CACHE_TTL_SECONDS": "3600",
     }
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile or '/dev/null'}"]
+    command += os.environ.get("SB_CALLGRIND_OPTIONS", "").split()
+    command.append(sys.executable)
     command += ["-m", "switchboard", "serve", "--config", str(config), "--port", str(port)]
     server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     try:
@@ -192,18 +219,8 @@ def _serve_counted(
         key = str(admin_post(url, "/admin/v1/tenants/counted/keys", {})["key"])
         if policy:
             admin_post(url, "/admin/v1/tenants/counted/config", _policy(policy), method="PUT")
-        turns = _turns(history)
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        for i in range(100 + requests):
-            messages = [BODY["messages"][0], *turns, _user(_question(i))]
-            body = orjson.dumps({**BODY, "messages": messages})
-            connection.request("POST", "/v1/chat/completions", body, headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise SystemExit(f"the server answered {response.status}")
-        connection.close()
+        _send(port, key, range(100), history, 1)
+        _send(port, key, range(100, 100 + requests), history, concurrency)
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=600)
     finally:
@@ -213,6 +230,37 @@ def _serve_counted(
     if found is None:
         raise SystemExit(f"callgrind printed no count:\n{err[-2000:].decode(errors='replace')}")
     return int(found[1])
+
+
+def _send(port: int, key: str, numbers: range, history: int, concurrency: int) -> None:
+    """Ask the questions ``numbers`` over ``concurrency`` connections at once (threads of
+    this process, which valgrind does not count)."""
+    turns = _turns(history)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    todo = iter(numbers)
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                break
+            messages = [BODY["messages"][0], *turns, _user(_question(i))]
+            body = orjson.dumps({**BODY, "messages": messages})
+            connection.request("POST", "/v1/chat/completions", body, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"the server answered {response.status}")
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _bytecodes(policy: str | None, requests: int, history: int) -> None:
@@ -239,6 +287,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--bytecodes", action="store_true")
     parser.add_argument("--http", action="store_true", help="count the whole server")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="with --http: requests in flight at once (the server slowed down by valgrind then "
+        "has all of them waiting: the most batching it can do)",
+    )
+    parser.add_argument(
+        "--profiles",
+        type=Path,
+        default=None,
+        help="with --http: keep callgrind's profiles here (callgrind.<policy>.<requests>), "
+        "for callgrind_annotate",
+    )
     parser.add_argument("--peers", type=Path, default=HERE.parent.parent / "shared" / "peers")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -252,12 +314,18 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed: apt-get install -y valgrind")
     if args.http:
-        bare = _http_instructions(None, args.requests, args.history, args.peers)
-        governed = _http_instructions(args.policy, args.requests, args.history, args.peers)
+        if args.profiles:
+            args.profiles.mkdir(parents=True, exist_ok=True)
+        bare = _http_instructions(
+            None, args.requests, args.history, args.peers, args.concurrency, args.profiles
+        )
+        governed = _http_instructions(
+            args.policy, args.requests, args.history, args.peers, args.concurrency, args.profiles
+        )
     else:
         bare = _instructions(None, args.requests, args.history)
         governed = _instructions(args.policy, args.requests, args.history)
-    where = "the server, over HTTP" if args.http else "in process"
+    where = f"the server, over HTTP, c={args.concurrency}" if args.http else "in process"
     runs = f"{args.requests} and {3 * args.requests} requests"
     print(f"{where}, history {args.history} turns, {runs}")
     print(f"bare      {bare:10,.0f} instructions a request")

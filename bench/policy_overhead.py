@@ -23,6 +23,10 @@ from typing import Any
 from switchboard.auth.keys import Caller
 from switchboard.config import parse_config
 from switchboard.gateway import Gateway, Router, build_catalog
+from switchboard.gateway.limiting import RequestLimits
+from switchboard.gateway.scopes import Subject
+from switchboard.limits import MemoryLimiter
+from switchboard.limits.budgets import MemoryBudgets
 from switchboard.metering import PriceTable
 from switchboard.metering.usage import UsageEvent
 from switchboard.policy.tenant_config import TenantConfig
@@ -83,6 +87,16 @@ async def _chunks() -> AsyncIterator[list[dict[str, Any]]]:
     yield [{**base, "choices": [], "usage": ANSWER["usage"]}]
 
 
+async def _nothing_spent(subject: Subject, month: str) -> float:
+    return 0.0
+
+
+def limits() -> RequestLimits:
+    """The limits step as `switchboard serve` wires it without Redis: in-process rates and
+    budgets, the ledger's spend read when a budget counter is first needed (here: none)."""
+    return RequestLimits(MemoryLimiter(), MemoryBudgets(), spend=_nothing_spent)
+
+
 class NullRecorder:
     def record(self, event: UsageEvent) -> None:
         return None
@@ -125,7 +139,7 @@ models:
         source="<bench>",
     )
     catalog = await build_catalog(config, {"instant": InstantProvider()}, PriceTable())  # type: ignore[dict-item]
-    gateway = Gateway(Router(catalog, config.router), NullRecorder())  # type: ignore[arg-type]
+    gateway = Gateway(Router(catalog, config.router), NullRecorder(), limits=limits())  # type: ignore[arg-type]
     governed = json.loads((HERE / "tenant-governed.json").read_text())
     for stream in (False, True):
         kind = "stream" if stream else "json"

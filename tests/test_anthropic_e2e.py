@@ -391,6 +391,7 @@ def test_local_tenant_cannot_reach_external_models(
         ),
     ],
 )
+@pytest.mark.usefixtures("claude")  # it makes the tenant whose key this uses
 def test_messages_bad_requests(gateway: RunningGateway, body: Any, fragment: str) -> None:
     response = _raw(gateway, {"x-api-key": gateway.keys["messages-hybrid"]}, body)
     assert response.status_code == 400
