@@ -36,7 +36,7 @@ from switchboard.gateway.budgeting import (
 )
 from switchboard.gateway.scopes import Demand, Plan, Scopes, Subject
 from switchboard.limits import Check, Limiter, MemoryLimiter, Rule, Scope, headers, rate_limited
-from switchboard.limits.budgets import NANO, BudgetStore, MemoryBudgets, month_of, to_nano
+from switchboard.limits.budgets import BudgetStore, MemoryBudgets, month_of, to_nano
 from switchboard.limits.local import Compiled, LocalGate
 from switchboard.metering.usage import UsageEvent
 
@@ -112,23 +112,10 @@ class RequestLimits:
         memory = self._memory
         if memory is None:
             return False
+        tokens, amount, month = self._reservation(plan, caller, event, demand_of, request, price_of)
         compiled = plan.compiled
         if not isinstance(compiled, Compiled) or compiled.generation != memory.generation:
             compiled = plan.compiled = self._compile(plan)
-        # `_reservation`, written out (it runs on every limited request); a test checks that
-        # this path and the general one decide alike.
-        tokens = amount = 0
-        month = ""
-        if compiled.tokens or compiled.budgets:
-            prompt, cap = demand_of(request)
-            if compiled.tokens:
-                tokens = prompt + (cap or 0)
-            if compiled.budgets:  # only compiled with a budget store: `self.budgets` is set
-                price = price_of(caller, event.model)
-                most = cap or self.budgets.default_max_tokens  # type: ignore[union-attr]
-                worst = (prompt * price.input_per_1m + most * price.output_per_1m) / 1e6
-                amount = round(worst * NANO)  # `to_nano`
-                month = month_of(event.created_at)
         taken = self._gate.try_admit(compiled, tokens, amount, month)  # type: ignore[union-attr]
         if taken is None:
             return False
@@ -259,7 +246,7 @@ class RequestLimits:
                 owed = self._owed_tokens
                 owed[plan] = owed.get(plan, 0) + used - tokens
         if month:
-            cost = 0 if skipped else round(event.cost_usd * NANO)  # `to_nano`
+            cost = 0 if skipped else to_nano(event.cost_usd)
             if cost != amount:
                 key = (plan, month)
                 owed_budgets = self._owed_budgets
