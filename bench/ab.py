@@ -155,6 +155,9 @@ def main() -> None:
             "e.g. SWITCHBOARD_CACHE_MAX_ENTRIES=100",
         )
     args = parser.parse_args()
+    for item in [*args.env_a, *args.env_b]:
+        if "=" not in item:
+            parser.error(f"--env-a/--env-b take NAME=VALUE, not {item!r}")
     gateway_cpu: int | None = None
     if args.pin:
         cpus = sorted(os.sched_getaffinity(0))

@@ -239,28 +239,35 @@ def _send(port: int, key: str, numbers: range, history: int, concurrency: int) -
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     todo = iter(numbers)
     lock = threading.Lock()
+    failures: list[str] = []  # a thread's exception would not stop the script: say it here
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        while True:
-            with lock:
-                i = next(todo, None)
-            if i is None:
-                break
-            messages = [BODY["messages"][0], *turns, _user(_question(i))]
-            body = orjson.dumps({**BODY, "messages": messages})
-            connection.request("POST", "/v1/chat/completions", body, headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise SystemExit(f"the server answered {response.status}")
-        connection.close()
+        try:
+            while not failures:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    break
+                messages = [BODY["messages"][0], *turns, _user(_question(i))]
+                body = orjson.dumps({**BODY, "messages": messages})
+                connection.request("POST", "/v1/chat/completions", body, headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    failures.append(f"the server answered {response.status}")
+        except OSError as exc:
+            failures.append(f"request failed: {exc!r}")
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise SystemExit(failures[0])
 
 
 def _bytecodes(policy: str | None, requests: int, history: int) -> None:

@@ -12,19 +12,18 @@ def estimate_text_tokens(text: str) -> int:
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """`estimate_text_tokens` of every text in ``messages``, and 4 a message. It runs on every
-    request with a token limit or a budget: the text estimate is written out here, not
-    called, to spare a call per message."""
+    request with a token limit or a budget: the text estimate of a plain message is written
+    out here, not called, to spare a call per message."""
     total = 0
     for message in messages:
+        total += 4  # role and framing tokens per message, as OpenAI counts them
         content = message.get("content")
         if isinstance(content, str):
-            total += (len(content) + 3) // 4 + 4  # 4: role and framing, as OpenAI counts them
-            continue
-        if isinstance(content, list):
+            total += (len(content) + 3) // 4
+        elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     total += estimate_text_tokens(part["text"])
-        total += 4
     return total
 
 
